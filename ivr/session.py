@@ -1,0 +1,309 @@
+"""A call session, transport-neutral: 20 ms frames and DTMF keys in, 20 ms frames out, and two
+outcomes the transport carries out (transfer to a person, hang up).
+
+The same session runs under `ivr simulate` (frames from a WAV file), the tests (frames from a list)
+and the SIP endpoint. Audio in never waits for ASR or TTS: finished utterances go to a worker
+(or run inline when `inline=True`, which makes simulations deterministic).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from asr.vad import BargeIn, SpeechEnded, SpeechStarted, VoiceSegmenter, make_detector
+from ivr.audio import frame_samples, write_wav
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engines:
+    """Everything heavy, loaded once per process and shared by all calls."""
+
+    cfg: dict
+    transcriber: object            # asr.transcriber.Transcriber
+    speaker: object                # tts.synthesizer.Speaker
+    new_conversation: Callable      # () -> dialogue Conversation
+    store: object                  # ivr.store.Store
+    recordings_dir: Path | None = None
+
+
+@dataclass
+class SessionEvent:
+    type: str                       # call-start, speech-start, barge-in, speech-end, asr, reply, tts-start,
+    t: float                        # tts-end, dtmf, silence, transfer, hangup, error
+    data: dict = field(default_factory=dict)
+
+
+class CallSession:
+    def __init__(self, engines: Engines, transport: str = "test", caller: str = "",
+                 on_transfer: Callable[[str], None] | None = None,
+                 on_hangup: Callable[[str], None] | None = None,
+                 on_event: Callable[[SessionEvent], None] | None = None,
+                 inline: bool = False, executor: ThreadPoolExecutor | None = None):
+        cfg = engines.cfg
+        self.e = engines
+        self.rate = int(cfg["audio"]["sample_rate"])
+        self.frame_n = frame_samples(self.rate, int(cfg["audio"]["frame_ms"]))
+        self.frame_s = self.frame_n / self.rate
+        self.detector = make_detector(cfg["vad"], self.rate)
+        self.segmenter = VoiceSegmenter.from_config(cfg["vad"], self.rate, int(cfg["audio"]["frame_ms"]))
+        self.store = engines.store
+        self.call_id = self.store.start_call(transport, caller)
+        self.conversation = engines.new_conversation(self.call_id)
+        self.on_transfer, self.on_hangup, self.on_event = on_transfer, on_hangup, on_event
+        self.inline = inline
+        self.executor = executor or (None if inline else ThreadPoolExecutor(max_workers=1))
+        self._lock = threading.RLock()
+        self._out: deque[np.ndarray] = deque()
+        self._after_playback: tuple[str, str] | None = None   # ("transfer"|"hangup", reason)
+        self._t = 0.0                       # call clock: seconds of audio received
+        self._last_activity = 0.0
+        self._reprompted = False
+        self._busy = False                  # a turn is being processed
+        self.ended = False
+        self.outcome = "abandoned"
+        self.turns: list[dict] = []         # what happened, per caller turn (for simulate/bench)
+        self._rec_in: list[np.ndarray] = []
+        self._rec_out: list[np.ndarray] = []
+        self._max_s = float(cfg["call"]["max_duration_s"])
+        self._silence_s = float(cfg["call"]["silence_reprompt_s"])
+        self.events: list[SessionEvent] = []
+        self._emit("call-start", transport=transport)
+        self._submit(self._greet)
+
+    # --- transport side ----------------------------------------------------------------------------
+    def push_audio(self, frame: np.ndarray) -> None:
+        """One 20 ms int16 frame from the caller. Never blocks on ASR/TTS."""
+        if self.ended:
+            return
+        self._t += self.frame_s
+        self._rec_in.append(frame)
+        prob = self.detector(frame)
+        for ev in self.segmenter.process(frame, prob):
+            if isinstance(ev, BargeIn):
+                self._barge_in(ev.t)
+            elif isinstance(ev, SpeechStarted):
+                self._last_activity = self._t
+                self._emit("speech-start", t_start=round(ev.t, 3))
+            elif isinstance(ev, SpeechEnded):
+                self._last_activity = self._t
+                self._emit("speech-end", t_start=round(ev.t_start, 3), reason=ev.reason)
+                self._submit(self._caller_turn, ev)
+        if self._t >= self._max_s and self._after_playback is None:
+            self._submit(self._limit_reached)
+        elif (not self._busy and not self._out and not self.segmenter.in_speech and self._after_playback is None
+              and self._t - self._last_activity >= self._silence_s):
+            self._last_activity = self._t
+            self._submit(self._silence)
+
+    def pull_audio(self) -> np.ndarray:
+        """The next 20 ms frame to play to the caller (silence when nothing to say)."""
+        with self._lock:
+            frame = self._out.popleft() if self._out else None
+            if frame is not None:
+                self._last_activity = self._t
+            elif self._after_playback and not self._busy:
+                kind, reason = self._after_playback
+                self._after_playback = None
+                self._finish_action(kind, reason)
+        if frame is None:
+            frame = np.zeros(self.frame_n, dtype=np.int16)
+        self._rec_out.append(frame)
+        return frame
+
+    def push_dtmf(self, key: str) -> None:
+        if self.ended:
+            return
+        self._emit("dtmf", key=key)
+        self._last_activity = self._t
+        self._clear_output()
+        self._submit(self._dtmf_turn, key)
+
+    def caller_hung_up(self) -> None:
+        self.close("caller_hangup")
+
+    @property
+    def speaking(self) -> bool:
+        return bool(self._out)
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and not self._out and not self.segmenter.in_speech
+
+    # --- turn handling (worker side) -----------------------------------------------------------------
+    def _submit(self, fn, *args) -> None:
+        self._busy = True
+        if self.inline:
+            self._run(fn, *args)
+        else:
+            self.executor.submit(self._run, fn, *args)
+
+    def _run(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # a crashed component sends the caller to a person, never dead air
+            log.exception("call %s: %s failed", self.call_id, getattr(fn, "__name__", fn))
+            self._emit("error", where=getattr(fn, "__name__", "?"), error=repr(exc))
+            self.outcome = "error"
+            self._speak_then("Je rencontre un problème technique. Je vous passe un agent.", "transfer",
+                             "erreur technique", cache=True)
+        finally:
+            self._busy = False
+
+    def _greet(self) -> None:
+        self._reply(self.conversation.greet(), latency={})
+
+    def _caller_turn(self, ev: SpeechEnded) -> None:
+        if self.ended:
+            return
+        t0 = time.perf_counter()
+        tr = self.e.transcriber.transcribe(ev.audio, self.rate)
+        asr_ms = (time.perf_counter() - t0) * 1000
+        self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms))
+        self.store.add_turn(self.call_id, "caller", tr.text, "speech", ev.t_start, ev.t_end, tr.confidence,
+                            latency_ms={"asr": round(asr_ms)})
+        t1 = time.perf_counter()
+        reply = self.conversation.on_text(tr.text, tr.confidence)
+        nlu_ms = (time.perf_counter() - t1) * 1000
+        self._reply(reply, latency={"endpoint": int(self.e.cfg["vad"]["end_silence_ms"]),
+                                    "asr": round(asr_ms), "dialogue": round(nlu_ms, 1)},
+                    transcript=tr.text, t_caller_end=ev.t_end)
+
+    def _dtmf_turn(self, key: str) -> None:
+        self.store.add_turn(self.call_id, "caller", key, "dtmf", self._t, self._t)
+        t1 = time.perf_counter()
+        reply = self.conversation.on_dtmf(key)
+        self._reply(reply, latency={"dialogue": round((time.perf_counter() - t1) * 1000, 1)}, transcript=f"[{key}]")
+
+    def _silence(self) -> None:
+        self._emit("silence")
+        self._reply(self.conversation.on_silence(), latency={}, transcript="")
+
+    def _limit_reached(self) -> None:
+        self._speak_then("La durée maximale de l'appel est atteinte. Je vous passe un agent.",
+                         "transfer", "durée maximale")
+
+    def _reply(self, reply, latency: dict, transcript: str | None = None, t_caller_end: float | None = None) -> None:
+        self._emit("reply", action=reply.action, theme=reply.theme, entry_id=reply.entry_id,
+                   confidence=reply.confidence, text=reply.text)
+        first_ms = self._speak(reply.text, cache=reply.cacheable)
+        latency = dict(latency, tts_first=round(first_ms, 1))
+        self.store.add_turn(self.call_id, "assistant", reply.text, "prompt", self._t, self._t,
+                            reply.confidence, reply.action, reply.theme or "", reply.entry_id or "", latency)
+        if transcript is not None or reply.action != "greeting":
+            self.turns.append({"transcript": transcript, "action": reply.action, "theme": reply.theme,
+                               "entry_id": reply.entry_id, "confidence": reply.confidence,
+                               "text": reply.text, "latency_ms": latency})
+        if reply.satisfaction is not None:
+            self.store.set_satisfaction(self.call_id, reply.satisfaction)
+        if reply.transfer:
+            self.outcome = "transferred"
+            self._after_playback = ("transfer", reply.summary or transcript or "")
+        elif reply.end_call:
+            if self.outcome == "abandoned":
+                self.outcome = reply.outcome or "answered"
+            self._after_playback = ("hangup", "goodbye")
+        elif reply.action in ("answer", "guide", "signalement", "message") and self.outcome in ("abandoned",):
+            self.outcome = "answered" if reply.action != "message" else "message"
+
+    def _speak(self, text: str, cache: bool = True) -> float:
+        """Queue the reply sentence by sentence; returns ms until the first sentence was ready."""
+        t0 = time.perf_counter()
+        first = None
+        self._emit("tts-start")
+        for chunk in self.e.speaker.stream(text, cache=cache):
+            if first is None:
+                first = (time.perf_counter() - t0) * 1000
+            with self._lock:
+                pcm = chunk.pcm
+                for i in range(0, len(pcm), self.frame_n):
+                    f = pcm[i:i + self.frame_n]
+                    if len(f) < self.frame_n:
+                        f = np.concatenate([f, np.zeros(self.frame_n - len(f), dtype=np.int16)])
+                    self._out.append(f)
+                self._out.extend([np.zeros(self.frame_n, dtype=np.int16)] * 10)  # 200 ms between sentences
+        self._emit("tts-end")
+        return first or 0.0
+
+    def _speak_then(self, text: str, kind: str, reason: str, cache: bool = True) -> None:
+        self._speak(text, cache)
+        self.store.add_turn(self.call_id, "assistant", text, "prompt", self._t, self._t, action=kind)
+        if kind == "transfer":
+            self.outcome = "transferred" if self.outcome != "error" else "error"
+        self._after_playback = (kind, reason)
+
+    def _barge_in(self, t: float) -> None:
+        if self._out:
+            self._emit("barge-in", dropped_ms=len(self._out) * 20)
+            self._clear_output()
+
+    def _clear_output(self) -> None:
+        with self._lock:
+            self._out.clear()
+
+    def _finish_action(self, kind: str, reason: str) -> None:
+        if kind == "transfer":
+            self._emit("transfer", summary=reason)
+            if self.on_transfer:
+                self.on_transfer(self.summary(reason))
+            self.close("transfer")
+        else:
+            self.close(reason)
+
+    # --- end ---------------------------------------------------------------------------------------
+    def summary(self, reason: str = "") -> str:
+        said = [t["transcript"] for t in self.turns if t.get("transcript")]
+        text = f"{reason} | " if reason else ""
+        return (text + " / ".join(said))[-300:]
+
+    def close(self, reason: str) -> None:
+        with self._lock:
+            if self.ended:
+                return
+            self.ended = True
+        if reason == "caller_hangup" and self.outcome == "abandoned" and self.turns:
+            self.outcome = "answered" if any(t["action"] in ("answer", "guide") for t in self.turns) else "abandoned"
+        self._emit("hangup", reason=reason)
+        recording = ""
+        if self.e.cfg["call"]["record"] and self.e.recordings_dir:
+            recording = str(self.save_recording(Path(self.e.recordings_dir) / f"{self.call_id}.wav"))
+        self.store.end_call(self.call_id, self.outcome, reason, self._t, self.summary(), recording)
+        if self.on_hangup and reason != "caller_hangup":
+            self.on_hangup(reason)
+        if self.executor and not self.inline:
+            self.executor.shutdown(wait=False)
+
+    def save_recording(self, path: Path) -> Path:
+        """Both directions, aligned on the call clock: left = caller, right = assistant."""
+        inp = np.concatenate(self._rec_in) if self._rec_in else np.zeros(0, np.int16)
+        out = np.concatenate(self._rec_out) if self._rec_out else np.zeros(0, np.int16)
+        n = max(len(inp), len(out))
+        stereo = np.zeros((n, 2), dtype=np.int16)
+        stereo[: len(inp), 0] = inp
+        stereo[: len(out), 1] = out
+        import soundfile as sf
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), stereo, self.rate, subtype="PCM_16")
+        return path
+
+    def assistant_audio(self) -> np.ndarray:
+        return np.concatenate(self._rec_out) if self._rec_out else np.zeros(0, np.int16)
+
+    def _emit(self, type_: str, **data) -> None:
+        ev = SessionEvent(type_, round(self._t, 3), data)
+        self.events.append(ev)
+        if type_ not in ("tts-start", "tts-end"):
+            self.store.add_event(self.call_id, type_, self._t, **data)
+        log.debug("call %s t=%.2f %s %s", self.call_id, self._t, type_, data)
+        if self.on_event:
+            self.on_event(ev)

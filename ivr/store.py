@@ -1,0 +1,158 @@
+"""Call records in SQLite (sqlite-utils, WAL): calls, turns, events, reports, callbacks.
+
+The schema is created and migrated by code: each migration runs once, in order, recorded in
+`migrations`. Written by the call session as things happen; read by the CLI and the console.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _m1(db: sqlite_utils.Database) -> None:
+    db["calls"].create({
+        "id": str, "started_at": str, "ended_at": str, "transport": str, "caller": str,
+        "status": str,            # active | ended
+        "outcome": str,           # answered | transferred | message | abandoned | error
+        "end_reason": str, "summary": str, "satisfaction": int, "recording": str,
+        "duration_s": float,
+    }, pk="id")
+    db["turns"].create({
+        "id": int, "call_id": str, "seq": int, "speaker": str,   # caller | assistant
+        "kind": str,              # speech | dtmf | prompt
+        "text": str, "t_start": float, "t_end": float, "confidence": float,
+        "action": str, "theme": str, "entry_id": str, "latency_ms": str, "created_at": str,
+    }, pk="id", foreign_keys=[("call_id", "calls", "id")])
+    db["events"].create({
+        "id": int, "call_id": str, "t": float, "type": str, "data": str, "created_at": str,
+    }, pk="id", foreign_keys=[("call_id", "calls", "id")])
+    db["turns"].create_index(["call_id", "seq"])
+    db["events"].create_index(["call_id"])
+
+
+def _m2(db: sqlite_utils.Database) -> None:
+    db["reports"].create({
+        "id": int, "ticket": str, "call_id": str, "category": str, "place": str,
+        "description": str, "callback": str, "status": str, "created_at": str,
+    }, pk="id")
+    db["reports"].create_index(["ticket"], unique=True)
+    db["callbacks"].create({
+        "id": int, "call_id": str, "message": str, "phone": str, "status": str, "created_at": str,
+    }, pk="id")
+
+
+MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2)]
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # one connection shared by the call threads, serialised by self._lock
+        self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), check_same_thread=False))
+        self.db.execute("PRAGMA busy_timeout = 5000")
+        self.db.enable_wal()
+        self.migrate()
+
+    def migrate(self) -> None:
+        with self._lock:
+            if "migrations" not in self.db.table_names():
+                self.db["migrations"].create({"name": str, "applied_at": str}, pk="name")
+            done = {r["name"] for r in self.db["migrations"].rows}
+            for name, fn in MIGRATIONS:
+                if name not in done:
+                    with self.db.conn:
+                        fn(self.db)
+                        self.db["migrations"].insert({"name": name, "applied_at": now_iso()})
+
+    # --- calls ------------------------------------------------------------------------------------
+    def start_call(self, transport: str, caller: str = "", call_id: str | None = None) -> str:
+        call_id = call_id or uuid.uuid4().hex[:16]
+        with self._lock:
+            self.db["calls"].insert({"id": call_id, "started_at": now_iso(), "transport": transport,
+                                     "caller": caller, "status": "active"})
+        return call_id
+
+    def end_call(self, call_id: str, outcome: str, reason: str, duration_s: float,
+                 summary: str = "", recording: str = "") -> None:
+        with self._lock:
+            self.db["calls"].update(call_id, {"ended_at": now_iso(), "status": "ended", "outcome": outcome,
+                                              "end_reason": reason, "duration_s": round(duration_s, 3),
+                                              "summary": summary, "recording": recording})
+
+    def set_satisfaction(self, call_id: str, value: int) -> None:
+        with self._lock:
+            self.db["calls"].update(call_id, {"satisfaction": value})
+
+    def add_turn(self, call_id: str, speaker: str, text: str, kind: str = "speech", t_start: float = 0.0,
+                 t_end: float = 0.0, confidence: float | None = None, action: str = "", theme: str = "",
+                 entry_id: str = "", latency_ms: dict | None = None) -> int:
+        with self._lock:
+            seq = self.db.execute("select count(*) from turns where call_id = ?", [call_id]).fetchone()[0]
+            table = self.db["turns"].insert({
+                "call_id": call_id, "seq": seq, "speaker": speaker, "kind": kind, "text": text,
+                "t_start": round(t_start, 3), "t_end": round(t_end, 3), "confidence": confidence,
+                "action": action or None, "theme": theme or None, "entry_id": entry_id or None,
+                "latency_ms": json.dumps(latency_ms) if latency_ms else None, "created_at": now_iso()})
+            return table.last_pk
+
+    def add_event(self, call_id: str, type_: str, t: float = 0.0, **data) -> None:
+        with self._lock:
+            self.db["events"].insert({"call_id": call_id, "t": round(t, 3), "type": type_,
+                                      "data": json.dumps(data, ensure_ascii=False) if data else None,
+                                      "created_at": now_iso()})
+
+    def call(self, call_id: str) -> dict | None:
+        rows = list(self.db.query("select * from calls where id = ?", [call_id]))
+        if not rows:
+            return None
+        call = rows[0]
+        call["turns"] = list(self.db.query("select * from turns where call_id = ? order by seq", [call_id]))
+        call["events"] = list(self.db.query("select * from events where call_id = ? order by id", [call_id]))
+        return call
+
+    def recent_calls(self, limit: int = 20) -> list[dict]:
+        return list(self.db.query("select * from calls order by started_at desc limit ?", [limit]))
+
+    # --- reports and callbacks ----------------------------------------------------------------------
+    def add_report(self, call_id: str | None, category: str, place: str, description: str,
+                   callback: str = "") -> str:
+        """Stores a signalement and returns its ticket, SIG-<year>-<6 digits>, unique."""
+        year = datetime.now().year
+        with self._lock, self.db.conn:
+            row = self.db["reports"].insert({"call_id": call_id, "category": category, "place": place,
+                                             "description": description, "callback": callback or None,
+                                             "status": "nouveau", "created_at": now_iso()})
+            ticket = f"SIG-{year}-{row.last_pk:06d}"
+            self.db["reports"].update(row.last_pk, {"ticket": ticket})
+        return ticket
+
+    def add_callback(self, call_id: str | None, message: str, phone: str = "") -> int:
+        with self._lock:
+            return self.db["callbacks"].insert({"call_id": call_id, "message": message, "phone": phone or None,
+                                                "status": "à rappeler", "created_at": now_iso()}).last_pk
+
+    def purge(self, older_than_days: int) -> dict:
+        """Retention: delete calls (and their turns, events, recordings) older than the limit."""
+        cutoff = datetime.fromtimestamp(time.time() - older_than_days * 86400, timezone.utc).isoformat()
+        with self._lock, self.db.conn:
+            old = list(self.db.query("select id, recording from calls where started_at < ?", [cutoff]))
+            for row in old:
+                if row["recording"]:
+                    Path(row["recording"]).unlink(missing_ok=True)
+                for table in ("turns", "events"):
+                    self.db.execute(f"delete from {table} where call_id = ?", [row["id"]])
+                self.db.execute("delete from calls where id = ?", [row["id"]])
+        return {"calls_deleted": len(old), "cutoff": cutoff}

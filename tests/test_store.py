@@ -1,0 +1,47 @@
+import re
+import sqlite3
+
+from ivr.store import Store
+
+
+def test_schema_is_created_and_migrations_run_once(tmp_path):
+    db = tmp_path / "ivr.db"
+    s = Store(db)
+    s2 = Store(db)                                     # reopening migrates nothing twice
+    names = [r["name"] for r in s2.db["migrations"].rows]
+    assert names == ["001_calls_turns_events", "002_reports_callbacks"]
+    assert {"calls", "turns", "events", "reports", "callbacks"} <= set(s.db.table_names())
+    assert sqlite3.connect(db).execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_call_keeps_its_turns_and_events(tmp_path):
+    s = Store(tmp_path / "ivr.db")
+    cid = s.start_call("test", "caller")
+    s.add_turn(cid, "caller", "bonjour", t_start=0.5, t_end=1.2, confidence=0.9, latency_ms={"asr": 300})
+    s.add_turn(cid, "assistant", "Bonjour !", kind="prompt", action="answer", theme="mairie_pratique")
+    s.add_event(cid, "speech-start", 0.5, x=1)
+    s.end_call(cid, "answered", "goodbye", 12.5, summary="bonjour")
+    c = s.call(cid)
+    assert c["outcome"] == "answered" and c["duration_s"] == 12.5
+    assert [t["seq"] for t in c["turns"]] == [0, 1] and c["turns"][0]["latency_ms"] == '{"asr": 300}'
+    assert c["events"][0]["type"] == "speech-start"
+
+
+def test_report_tickets_are_unique_and_well_formed(tmp_path):
+    s = Store(tmp_path / "ivr.db")
+    t1 = s.add_report(None, "eclairage", "rue des Lilas", "lampadaire éteint")
+    t2 = s.add_report(None, "voirie_stationnement", "place du Marché", "nid-de-poule", "0612345678")
+    assert re.fullmatch(r"SIG-\d{4}-\d{6}", t1) and t1 != t2
+    assert s.db["reports"].get(2)["callback"] == "0612345678"
+
+
+def test_purge_applies_retention(tmp_path):
+    s = Store(tmp_path / "ivr.db")
+    rec = tmp_path / "old.wav"
+    rec.write_bytes(b"x")
+    old = s.start_call("test")
+    s.end_call(old, "answered", "goodbye", 1.0, recording=str(rec))
+    s.db.execute("update calls set started_at = '2020-01-01T00:00:00+00:00' where id = ?", [old])
+    new = s.start_call("test")
+    assert s.purge(90)["calls_deleted"] == 1
+    assert s.call(old) is None and s.call(new) is not None and not rec.exists()

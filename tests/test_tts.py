@@ -1,0 +1,71 @@
+"""French TTS: normalisation, the offline Pico voice, the Piper code path, sentence streaming, cache."""
+import numpy as np
+import pytest
+
+from ivr.audio import rms_dbfs
+from tests.conftest import wer
+from tts.normalize import normalize, sentences
+from tts.synthesizer import PicoSynthesizer, PiperSynthesizer, Speaker, TTSError, make_synthesizer, packaged_piper_voice
+
+
+@pytest.mark.parametrize("text, spoken", [
+    ("Ouvert de 9h30 à 12h", "Ouvert de neuf heures trente à douze heures"),
+    ("à 8 h 05", "à huit heures cinq"),
+    ("Appelez le 01 99 47 20 00.", "Appelez le zéro un, quatre-vingt-dix-neuf, quarante-sept, vingt, zéro zéro."),
+    ("le 2026-12-05", "le cinq décembre deux mille vingt-six"),
+    ("le 1/12", "le premier décembre"),
+    ("Le timbre coûte 86 €.", "Le timbre coûte quatre-vingt-six euros."),
+    ("soit 17,50 euros", "soit dix-sept euros cinquante"),
+    ("Prenez rdv avec votre CNI au CCAS.", "Prenez rendez-vous avec votre carte d'identité au C. C. A. S."),
+    ("Ticket SIG-2026-000123", "Ticket S. I. G., deux, zéro, deux, six, zéro, zéro, zéro, un, deux, trois"),
+])
+def test_french_normalisation(text, spoken):
+    assert normalize(text) == spoken
+
+
+def test_sentences_split_for_streaming():
+    assert sentences("Bonjour. La mairie est ouverte le samedi. Avez-vous une autre question ?") == [
+        "Bonjour. La mairie est ouverte le samedi.", "Avez-vous une autre question ?"]
+
+
+def test_pico_speaks_intelligible_french_at_8k(engines):
+    sp = Speaker(PicoSynthesizer(), 8000)
+    text = "La mairie est ouverte le samedi matin de neuf heures à midi."
+    pcm = sp.say(text)
+    assert pcm.dtype == np.int16 and 2.0 < len(pcm) / 8000 < 8.0
+    assert rms_dbfs(pcm) > -35
+    back = engines.transcriber.transcribe(pcm, 8000).text
+    assert wer(text, back) < 0.35, back
+
+
+def test_stream_yields_each_sentence_and_cache_serves_repeats(tmp_path):
+    sp = Speaker(PicoSynthesizer(), 8000, cache_dir=tmp_path)
+    text = "Première phrase de test. Deuxième phrase, un peu plus longue."
+    first = list(sp.stream(text))
+    assert len(first) == 2 and not any(c.cached for c in first) and all(c.synth_ms > 0 for c in first)
+    again = list(sp.stream(text))
+    assert all(c.cached and c.synth_ms == 0 for c in again)
+    assert np.array_equal(first[1].pcm, again[1].pcm)
+    assert len(list(tmp_path.glob("*.wav"))) == 2
+    fresh = Speaker(PicoSynthesizer(), 8000, cache_dir=tmp_path)     # disk cache survives a restart
+    assert all(c.cached for c in fresh.stream(text))
+
+
+def test_personal_text_is_not_cached(tmp_path):
+    sp = Speaker(PicoSynthesizer(), 8000, cache_dir=tmp_path)
+    sp.say("Rappel au 06 12 34 56 78.", cache=False)
+    assert not list(tmp_path.glob("*.wav"))
+
+
+def test_piper_code_path_with_the_packaged_voice():
+    synth = PiperSynthesizer(packaged_piper_voice())
+    sp = Speaker(synth, 16000)
+    pcm = sp.say("Hello. This is the town hall.")
+    assert synth.native_rate == 22050 and len(pcm) / 16000 > 1.0 and rms_dbfs(pcm) > -35
+
+
+def test_unknown_engine_or_missing_voice_is_a_clear_error(tmp_path):
+    with pytest.raises(TTSError, match="inconnu"):
+        make_synthesizer({"engine": "festival"}, tmp_path)
+    with pytest.raises(TTSError, match="introuvable"):
+        make_synthesizer({"engine": "piper", "piper_voice": "fr_FR-siwis-medium"}, tmp_path)

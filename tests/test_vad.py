@@ -1,0 +1,90 @@
+"""Endpointing on synthetic verdict sequences (pure), and the real Silero detector on real audio."""
+import numpy as np
+
+from asr.vad import BargeIn, SileroVad, SpeechEnded, SpeechStarted, VoiceSegmenter, WebRtcVad
+from ivr.audio import iter_frames
+from tests.conftest import caller_voice, with_silence
+
+RATE = 8000
+
+
+def run(seg, probs):
+    events = []
+    for i, p in enumerate(probs):
+        frame = np.full(160, i, dtype=np.int16)     # frame index as content, to check pre-roll
+        events += [(i, e) for e in seg.process(frame, p)]
+    return events
+
+
+def test_utterance_with_preroll_and_end_of_turn():
+    seg = VoiceSegmenter(min_speech_ms=200, preroll_ms=100, end_silence_ms=600, barge_in_ms=100)
+    probs = [0.0] * 20 + [0.9] * 50 + [0.0] * 40
+    ev = run(seg, probs)
+    kinds = [type(e).__name__ for _, e in ev]
+    assert kinds == ["BargeIn", "SpeechStarted", "SpeechEnded"]
+    barge = next(i for i, e in ev if isinstance(e, BargeIn))
+    start = next(i for i, e in ev if isinstance(e, SpeechStarted))
+    assert barge < start                      # the quick signal comes before the utterance is confirmed
+    end_i, end = ev[-1]
+    assert end.reason == "silence"
+    assert end_i == 20 + 50 + 30 - 1          # 600 ms of silence = 30 frames
+    first = end.audio[0]
+    assert 14 <= first <= 15                  # pre-roll reaches ~100 ms (5 frames) before speech began
+    assert end.audio[-1] < 20 + 50 + 30       # most trailing silence trimmed
+
+
+def test_short_noise_burst_is_not_an_utterance():
+    seg = VoiceSegmenter(min_speech_ms=200, barge_in_ms=100)
+    ev = run(seg, [0.0] * 10 + [0.9] * 6 + [0.0] * 50)
+    assert not any(isinstance(e, (SpeechStarted, SpeechEnded)) for _, e in ev)
+
+
+def test_brief_dip_does_not_end_the_turn():
+    seg = VoiceSegmenter(end_silence_ms=600)
+    ev = run(seg, [0.9] * 30 + [0.0] * 20 + [0.9] * 30 + [0.0] * 40)
+    ends = [e for _, e in ev if isinstance(e, SpeechEnded)]
+    assert len(ends) == 1 and len(ends[0].audio) >= 60 * 160
+
+
+def test_max_length_cuts_a_monologue():
+    seg = VoiceSegmenter(max_utterance_s=2.0)
+    ev = run(seg, [0.9] * 250)
+    ends = [e for _, e in ev if isinstance(e, SpeechEnded)]
+    assert ends and ends[0].reason == "max_length"
+    assert abs(len(ends[0].audio) / RATE - 2.0) < 0.05
+
+
+def test_flush_returns_unfinished_utterance():
+    seg = VoiceSegmenter()
+    run(seg, [0.9] * 30)
+    out = seg.flush()
+    assert len(out) == 1 and out[0].reason == "flush"
+
+
+def _speech_mask(pcm, detector):
+    return np.array([detector(f) >= 0.5 for f in iter_frames(pcm, RATE)])
+
+
+def test_silero_finds_real_speech_in_noise_and_nothing_in_noise_alone():
+    rng = np.random.default_rng(1)
+    speech = caller_voice("Bonjour, je voudrais inscrire mon fils à la cantine de l'école.")
+    pcm = with_silence(speech, RATE, 1.0, 1.0).astype(np.float64)
+    p_speech = np.mean(speech.astype(np.float64) ** 2)
+    noise = rng.normal(0, np.sqrt(p_speech / 10), len(pcm))        # 10 dB SNR
+    noisy = np.clip(pcm + noise, -32768, 32767).astype(np.int16)
+    mask = _speech_mask(noisy, SileroVad(RATE))
+    n0 = int(1.0 / 0.02)
+    truth = np.zeros(len(mask), bool)
+    truth[n0:n0 + len(speech) // 160] = True
+    recall = (mask & truth).sum() / truth.sum()
+    false_alarm = (mask & ~truth).sum() / (~truth).sum()
+    assert recall > 0.7, recall
+    assert false_alarm < 0.1, false_alarm
+    only_noise = rng.normal(0, 800, RATE * 5).astype(np.int16)
+    assert _speech_mask(only_noise, SileroVad(RATE)).mean() < 0.05
+
+
+def test_webrtc_detector_runs_as_a_cheap_option():
+    speech = with_silence(caller_voice("Quels sont les horaires de la mairie ?"), RATE)
+    mask = _speech_mask(speech, WebRtcVad(RATE, 2))
+    assert 0.2 < mask.mean() < 0.95
