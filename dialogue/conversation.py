@@ -158,6 +158,8 @@ class Conversation:
             r = self._clarify_input(n, raw)
             if r:
                 return r
+        if stage in ("guide_offer", "guide", "after_answer") and NO.match(raw) and GOODBYE.search(raw):
+            return self._goodbye()
         if stage == "guide_offer":
             if YES.match(raw):
                 self.s.stage, self.s.step = "guide", 0

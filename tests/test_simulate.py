@@ -1,0 +1,90 @@
+"""`ivr simulate`: a recorded caller through VAD, ASR, dialogue and TTS, as a user runs it."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ivr.audio import read_audio, rms_dbfs, write_wav
+from ivr.simulate import run_session_on_audio
+from ivr.store import Store
+from tests.conftest import ROOT, caller_voice, make_cfg, with_silence, wer
+
+IVR = [sys.executable, "-m", "ivr.cli"]
+
+
+def run_ivr(args, tmp_path, **kw):
+    env = {"IVR_DATA": str(tmp_path), "IVR_PATHS__MODELS": str(ROOT / "data" / "models"),
+           "IVR_PATHS__CORPUS": str(ROOT / "corpus"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(IVR + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, **kw)
+
+
+def test_simulate_bundled_question_prints_transcript_and_writes_french_reply(tmp_path, engines):
+    out = tmp_path / "reply.wav"
+    p = run_ivr(["simulate", "ivr/assets/demo_question.wav", "--json", "--out", str(out),
+                 "--at", "2026-12-01T10:00"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    turn = res["turns"][0]
+    assert "mairie" in turn["transcript"].lower() and "samedi" in turn["transcript"].lower()
+    assert turn["action"] == "answer" and turn["theme"] == "mairie_pratique"
+    assert set(turn["latency_ms"]) >= {"asr", "dialogue", "tts_first"}
+    pcm, info = read_audio(out, 8000)
+    assert info["seconds"] > 5 and rms_dbfs(pcm) > -40
+    heard = engines.transcriber.transcribe(pcm[-int(25 * 8000):], 8000).text.lower()
+    assert "samedi" in heard or "heure" in heard, heard
+    call = Store(tmp_path / "ivr.db").call(res["call_id"])
+    assert call["status"] == "ended" and call["recording"]
+    speakers = [t["speaker"] for t in call["turns"]]
+    assert speakers.count("caller") == 1 and speakers.count("assistant") >= 2
+
+
+def test_two_questions_in_one_call(engines):
+    rate = 8000
+    q1 = caller_voice("Comment faire une demande de passeport ?")
+    q2 = caller_voice("Non merci, au revoir.")
+    audio = np.concatenate([with_silence(q1, rate, 0.3, 0.2), np.zeros(rate * 12, np.int16),
+                            with_silence(q2, rate, 0.3, 1.5)])
+    s = run_session_on_audio(engines, audio)
+    actions = [t["action"] for t in s.turns if t["transcript"] is not None]
+    assert actions[0] == "answer" and s.turns[0]["entry_id"].startswith("identite.")
+    assert actions[-1] == "goodbye"
+
+
+def test_silence_only_invents_nothing_and_reprompts(tmp_path):
+    wav = tmp_path / "silence.wav"
+    write_wav(wav, np.zeros(8000 * 10, np.int16), 8000)
+    p = run_ivr(["simulate", str(wav), "--json", "--no-greeting"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    turns = json.loads(p.stdout)["turns"]
+    assert all(t["transcript"] in ("", None) for t in turns)
+    assert turns and turns[0]["action"] == "clarify" and "entends pas" in turns[0]["text"]
+
+
+@pytest.mark.parametrize("content, message", [(b"", "vide"), (b"RIFF1234WAVEfmt garbage" * 4, "corrompu")])
+def test_bad_files_give_a_clear_error_without_traceback(tmp_path, content, message):
+    wav = tmp_path / "bad.wav"
+    wav.write_bytes(content)
+    p = run_ivr(["simulate", str(wav)], tmp_path)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_missing_model_names_the_setup_command(tmp_path):
+    env_models = tmp_path / "no-models"
+    env = {"IVR_DATA": str(tmp_path), "IVR_PATHS__MODELS": str(env_models),
+           "IVR_PATHS__CORPUS": str(ROOT / "corpus"), "PATH": "/usr/bin:/bin"}
+    p = subprocess.run(IVR + ["simulate", "ivr/assets/demo_question.wav"], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 2 and "scripts/setup.sh" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_stereo_44k_input_is_converted(tmp_path):
+    import soundfile as sf
+
+    pcm, _ = read_audio(ROOT / "ivr/assets/demo_question.wav", 44100)
+    stereo = np.stack([pcm, pcm], axis=1)
+    sf.write(tmp_path / "st.wav", stereo, 44100)
+    p = run_ivr(["simulate", str(tmp_path / "st.wav"), "--json", "--at", "2026-12-01T10:00"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "samedi" in json.loads(p.stdout)["turns"][0]["transcript"].lower()
