@@ -209,6 +209,7 @@ class Corpus:
     entries: list[Entry]
     fingerprint: str
     vocabulary: list[str]
+    off_topic: list[str] = field(default_factory=list)   # phrases the assistant must not answer
 
     def by_id(self, entry_id: str) -> Entry | None:
         return self._index.get(entry_id)
@@ -223,7 +224,8 @@ def _sentences(text: str) -> int:
 
 def fingerprint(corpus_dir: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted(corpus_dir.glob("commune.yaml")) + sorted((corpus_dir / "faq").glob("*.yaml")):
+    files = [corpus_dir / "commune.yaml", corpus_dir / "hors_sujet.yaml"] + sorted((corpus_dir / "faq").glob("*.yaml"))
+    for p in (f for f in files if f.exists()):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
@@ -297,5 +299,12 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
                 reviewed=str(raw.get("reviewed", "")), label=str(raw.get("label", "")).strip()))
     if problems:
         raise CorpusError(problems)
+    off_topic: list[str] = []
+    if (corpus_dir / "hors_sujet.yaml").exists():
+        try:
+            off_topic = [str(p) for p in (yaml.safe_load((corpus_dir / "hors_sujet.yaml").read_text("utf-8"))
+                                          or {}).get("phrases", []) if str(p).strip()]
+        except yaml.YAMLError as exc:
+            raise CorpusError([f"hors_sujet.yaml: YAML invalide ({exc})"]) from None
     vocab = sorted(set(commune.data.get("rues", [])))
-    return Corpus(commune, entries, fingerprint(corpus_dir), vocab)
+    return Corpus(commune, entries, fingerprint(corpus_dir), vocab, off_topic)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import pickle
 import re
 import unicodedata
@@ -97,15 +96,15 @@ def make_embedder(spec: str) -> Embedder:
 @dataclass
 class Candidate:
     entry: Entry
-    score: float          # combined similarity
-    semantic: float
-    lexical: float
+    score: float          # classifier probability that this entry is what the caller wants
+    semantic: float       # cosine similarity with the entry's nearest question (diagnostics)
 
 
 @dataclass
 class SearchResult:
     candidates: list[Candidate]
-    confidence: float     # calibrated 0-1: how sure we are that candidates[0] is right
+    confidence: float     # 0-1: probability that candidates[0] is right (0 when nothing matches)
+    out_of_scope: float = 0.0   # probability mass of the "hors sujet" class
 
     @property
     def best(self) -> Candidate | None:
@@ -113,47 +112,65 @@ class SearchResult:
 
 
 class FaqIndex:
-    VERSION = 4
-    W_SEMANTIC = 0.6      # weights of the two signals in the combined score
-    # confidence = sigmoid(A * (score - B) + C * margin): fitted on the corpus' own questions (see
-    # scripts/calibrate_search.py); the thresholds that use it live in the configuration.
-    A, B, C = 14.0, 0.52, 10.0
+    """A linear classifier over the corpus questions (one class per entry, plus one for off-topic
+    phrases from corpus/hors_sujet.yaml). Features: the sentence embedding, character 2-5-grams
+    (they survive ASR misspellings) and word 1-2-grams. Its probability is the confidence.
+
+    Measured on the development set (README): top-1 entry accuracy rose from 88 % (nearest question,
+    embeddings + n-grams) to 94 %, and the probability separates off-topic queries far better.
+    """
+
+    VERSION = 5
+    C = 20.0              # inverse regularisation of the classifier
 
     def __init__(self, corpus: Corpus, embedder: Embedder):
         self.corpus = corpus
         self.embedder = embedder
         self.entries = corpus.entries
 
-    # building and persistence
+    def _features(self, vecs: np.ndarray, texts: list[str]):
+        import scipy.sparse as sp
+
+        lex = [lexical_form(t) for t in texts]
+        return sp.hstack([sp.csr_matrix(vecs), self.char.transform(lex), self.word.transform(lex)]).tocsr()
+
     def build(self, progress=None) -> "FaqIndex":
         from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
 
         texts, owners = [], []
         for i, e in enumerate(self.entries):
             for q in e.questions + ([e.label] if e.label else []):
                 texts.append(clean_query(q) or q)
                 owners.append(i)
+        n_entry_texts = len(texts)
+        for phrase in self.corpus.off_topic:
+            texts.append(clean_query(phrase) or phrase)
+            owners.append(-1)
         vecs = []
         batch = 64
         for start in range(0, len(texts), batch):
             vecs.append(self.embedder.encode(texts[start:start + batch]))
             if progress:
                 progress(min(start + batch, len(texts)), len(texts))
-        self.q_vecs = np.vstack(vecs)
-        self.q_owner = np.asarray(owners)
-        # character n-grams per question: "encombrant" still meets "encombrants", "déchetri" "déchetterie"
-        self.tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=1)
-        self.lex_matrix = self.tfidf.fit_transform([lexical_form(t) for t in texts])
+        all_vecs = np.vstack(vecs)
+        self.q_vecs = all_vecs[:n_entry_texts]
+        self.q_owner = np.asarray(owners[:n_entry_texts])
+        lex = [lexical_form(t) for t in texts]
+        self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True).fit(lex)
+        self.word = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True).fit(lex)
+        self.clf = LogisticRegression(C=self.C, max_iter=3000).fit(self._features(all_vecs, texts), owners)
         return self
+
+    _STATE = ("q_vecs", "q_owner", "char", "word", "clf")
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{id(self)}.tmp")
         with open(tmp, "wb") as fh:
             pickle.dump({"version": self.VERSION, "fingerprint": self.corpus.fingerprint,
                          "embedder": self.embedder.name, "ids": [e.id for e in self.entries],
-                         "q_vecs": self.q_vecs, "q_owner": self.q_owner, "tfidf": self.tfidf,
-                         "lex_matrix": self.lex_matrix}, fh)
+                         **{k: getattr(self, k) for k in self._STATE}}, fh)
         tmp.replace(path)
 
     def try_load(self, path: Path) -> bool:
@@ -167,42 +184,33 @@ class FaqIndex:
         if (d.get("version") != self.VERSION or d.get("fingerprint") != self.corpus.fingerprint
                 or d.get("embedder") != self.embedder.name or d.get("ids") != [e.id for e in self.entries]):
             return False
-        self.q_vecs, self.q_owner, self.tfidf, self.lex_matrix = d["q_vecs"], d["q_owner"], d["tfidf"], d["lex_matrix"]
+        for k in self._STATE:
+            setattr(self, k, d[k])
         return True
 
     @staticmethod
-    def path_for(data_dir: Path, corpus: Corpus, embedder: Embedder) -> Path:
-        return Path(data_dir) / "index" / f"faq-{corpus.fingerprint}-{embedder.name}.pkl"
+    def path_for(cache_dir: Path, corpus: Corpus, embedder: Embedder) -> Path:
+        return Path(cache_dir) / "index" / f"faq-{corpus.fingerprint}-{embedder.name}.pkl"
 
-    # querying
-    def search(self, query: str, k: int = 5, exclude_question: int | None = None) -> SearchResult:
+    def search(self, query: str, k: int = 5) -> SearchResult:
         q = clean_query(query)
         if not q or len(lexical_form(q).replace(" ", "")) < 2:
             return SearchResult([], 0.0)
-        qv = self.embedder.encode([q])[0]
-        sims = self.q_vecs @ qv
-        if exclude_question is not None:
-            sims[exclude_question] = -1.0
-        n = len(self.entries)
-        sem = np.full(n, -1.0, dtype=np.float32)
-        np.maximum.at(sem, self.q_owner, sims)
-        lex_q = (self.lex_matrix @ self.tfidf.transform([lexical_form(q)]).T).toarray().ravel()
-        if exclude_question is not None:
-            lex_q[exclude_question] = 0.0
-        lex = np.zeros(n, dtype=np.float32)
-        np.maximum.at(lex, self.q_owner, lex_q)
-        score = self.W_SEMANTIC * sem + (1 - self.W_SEMANTIC) * lex
-        order = np.argsort(-score)[:k]
-        cands = [Candidate(self.entries[i], float(score[i]), float(sem[i]), float(lex[i])) for i in order]
-        margin = cands[0].score - cands[1].score if len(cands) > 1 else cands[0].score
-        conf = 1.0 / (1.0 + math.exp(-(self.A * (cands[0].score - self.B) + self.C * margin)))
-        return SearchResult(cands, round(conf, 3))
+        qv = self.embedder.encode([q])
+        probs = self.clf.predict_proba(self._features(qv, [q]))[0]
+        classes = self.clf.classes_
+        p_oos = float(probs[classes == -1].sum()) if (classes == -1).any() else 0.0
+        sem = np.full(len(self.entries), -1.0, dtype=np.float32)
+        np.maximum.at(sem, self.q_owner, self.q_vecs @ qv[0])
+        order = [i for i in np.argsort(-probs) if classes[i] >= 0][:k]
+        cands = [Candidate(self.entries[classes[i]], float(probs[i]), float(sem[classes[i]])) for i in order]
+        return SearchResult(cands, round(cands[0].score, 3) if cands else 0.0, round(p_oos, 3))
 
 
-def load_index(corpus: Corpus, embedder: Embedder, data_dir: Path, progress=None) -> tuple[FaqIndex, bool]:
+def load_index(corpus: Corpus, embedder: Embedder, cache_dir: Path, progress=None) -> tuple[FaqIndex, bool]:
     """The persisted index for this corpus, built (and saved) only if the corpus changed."""
     index = FaqIndex(corpus, embedder)
-    path = FaqIndex.path_for(data_dir, corpus, embedder)
+    path = FaqIndex.path_for(cache_dir, corpus, embedder)
     if index.try_load(path):
         return index, False
     index.build(progress)

@@ -26,7 +26,7 @@ def build_dialogue(cfg: Config, today: dt.date | None = None, progress=None):
     from dialogue.search import load_index, make_embedder
 
     corpus = load_corpus(cfg.corpus_dir, today)
-    index, built = load_index(corpus, make_embedder(cfg["dialogue"]["embedding"]), cfg.data_dir, progress)
+    index, built = load_index(corpus, make_embedder(cfg["dialogue"]["embedding"]), cfg.cache_dir, progress)
     if built:
         log.info("FAQ index built: %d entries", len(corpus.entries))
     return corpus, index
@@ -51,7 +51,7 @@ def build_engines(cfg: Config, store=None, clock=None):
     transcriber = Transcriber(cfg["asr"], cfg.models_dir, prompt=asr_prompt(corpus))
     synth = make_synthesizer(cfg["tts"], cfg.models_dir)
     speaker = Speaker(synth, int(cfg["audio"]["sample_rate"]),
-                      cache_dir=cfg.data_dir / "cache" / "tts" if cfg["tts"]["cache"] else None)
+                      cache_dir=cfg.cache_dir / "tts" if cfg["tts"]["cache"] else None)
 
     def new_conversation(call_id=None):
         return Conversation(corpus, index, cfg["dialogue"], store=store, call_id=call_id, clock=clock)

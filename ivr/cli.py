@@ -232,7 +232,7 @@ def corpus_build(cfg, force):
 
     c = load_corpus(cfg.corpus_dir)
     emb = make_embedder(cfg["dialogue"]["embedding"])
-    path = FaqIndex.path_for(cfg.data_dir, c, emb)
+    path = FaqIndex.path_for(cfg.cache_dir, c, emb)
     if path.exists() and not force:
         click.echo(f"Index à jour : {path}")
         return
@@ -324,6 +324,43 @@ def bench_faq(cfg, devset, errors):
     from ivr.bench import bench_faq as run
 
     click.echo(json.dumps(run(cfg, Path(devset) if devset else None, errors), ensure_ascii=False, indent=1))
+
+
+def _print(d):
+    click.echo(json.dumps(d, ensure_ascii=False, indent=1))
+
+
+@bench.command("asr")
+@click.option("--limit", type=int, default=None, help="Only the first N recordings.")
+@click.option("--beam", type=int, default=None, help="Beam size (default: asr.beam_size).")
+@click.option("--sounds", type=click.Path(file_okay=False), default="data/sounds/fr")
+@click.pass_obj
+def bench_asr(cfg, limit, beam, sounds):
+    """WER, real-time factor and latency on real French recordings through a G.711 line."""
+    from ivr.bench import bench_asr as run
+
+    _print(run(cfg, Path(sounds), limit, beam))
+
+
+@bench.command("vad")
+@click.option("--snr", type=float, default=10.0, help="Signal-to-noise ratio of the synthetic call (dB).")
+@click.option("--sounds", type=click.Path(file_okay=False), default="data/sounds/fr")
+@click.pass_obj
+def bench_vad(cfg, snr, sounds):
+    """Frame precision/recall of the VAD options on a noisy synthetic call."""
+    from ivr.bench import bench_vad as run
+
+    _print(run(cfg, Path(sounds), snr))
+
+
+@bench.command("tts")
+@click.option("-n", "n", type=int, default=20, help="Number of answers to speak.")
+@click.pass_obj
+def bench_tts(cfg, n):
+    """Time to first audio, real-time factor and intelligibility (ASR on the 8 kHz output)."""
+    from ivr.bench import bench_tts as run
+
+    _print(run(cfg, n))
 
 
 def main():

@@ -54,6 +54,10 @@ class Config(dict):
         return Path(self["paths"]["corpus"]).resolve()
 
     @property
+    def cache_dir(self) -> Path:
+        return Path(self["paths"]["cache"]).resolve() if self["paths"]["cache"] else self.data_dir / "cache"
+
+    @property
     def db_path(self) -> Path:
         return self.data_dir / "ivr.db"
 

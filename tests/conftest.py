@@ -25,7 +25,9 @@ CLOSED_TIME = dt.datetime(2026, 12, 1, 21, 0)
 
 
 def make_cfg(tmp: Path, **overrides):
-    env = {"IVR_DATA": str(tmp), "IVR_PATHS__MODELS": str(MODELS), "IVR_PATHS__CORPUS": str(ROOT / "corpus")}
+    # models and the search index are shared (read-only for tests); database, recordings are per test
+    env = {"IVR_DATA": str(tmp), "IVR_PATHS__MODELS": str(MODELS), "IVR_PATHS__CORPUS": str(ROOT / "corpus"),
+           "IVR_PATHS__CACHE": str(ROOT / "data" / "cache")}
     env.update({k: str(v) for k, v in overrides.items()})
     return load_config(env=env)
 

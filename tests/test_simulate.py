@@ -16,7 +16,8 @@ IVR = [sys.executable, "-m", "ivr.cli"]
 
 def run_ivr(args, tmp_path, **kw):
     env = {"IVR_DATA": str(tmp_path), "IVR_PATHS__MODELS": str(ROOT / "data" / "models"),
-           "IVR_PATHS__CORPUS": str(ROOT / "corpus"), "PATH": "/usr/bin:/bin"}
+           "IVR_PATHS__CORPUS": str(ROOT / "corpus"), "IVR_PATHS__CACHE": str(ROOT / "data" / "cache"),
+           "PATH": "/usr/bin:/bin"}
     return subprocess.run(IVR + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, **kw)
 
 
@@ -73,7 +74,8 @@ def test_bad_files_give_a_clear_error_without_traceback(tmp_path, content, messa
 def test_missing_model_names_the_setup_command(tmp_path):
     env_models = tmp_path / "no-models"
     env = {"IVR_DATA": str(tmp_path), "IVR_PATHS__MODELS": str(env_models),
-           "IVR_PATHS__CORPUS": str(ROOT / "corpus"), "PATH": "/usr/bin:/bin"}
+           "IVR_PATHS__CORPUS": str(ROOT / "corpus"), "IVR_PATHS__CACHE": str(ROOT / "data" / "cache"),
+           "PATH": "/usr/bin:/bin"}
     p = subprocess.run(IVR + ["simulate", "ivr/assets/demo_question.wav"], capture_output=True, text=True,
                        env=env, cwd=ROOT, timeout=300)
     assert p.returncode == 2 and "scripts/setup.sh" in p.stderr and "Traceback" not in p.stderr
