@@ -63,8 +63,8 @@ ENGLISH_WORDS = set("the i you is are to my what how can could please hello hi w
 FRENCH_WORDS = set("je tu il elle nous vous le la les un une des de du et est pour que qui quoi comment ou "
                    "mon ma mes votre mairie bonjour oui non ai suis".split())
 INSULTS = _rx(r"con", r"conne", r"connard\w*", r"connasse", r"idiot\w*", r"abruti\w*", r"debile\w*", r"putain",
-              r"merde\w*", r"salop\w*", r"encul\w*", r"ta gueule", r"cretin\w*", r"imbecile\w*", r"stupide",
-              r"nul(?:le)?", r"bordel", r"foutre", r"branleur\w*", r"fdp", r"batard\w*")
+              r"merde\w*", r"salop\w*", r"encul\w*", r"ta gueule", r"cretin\w*", r"imbecile\w*", r"stupides?",
+              r"nul(?:le)?s?", r"bordel", r"foutre", r"branleur\w*", r"fdp", r"batard\w*")
 
 
 def extract_phone(text: str) -> str:
@@ -131,7 +131,8 @@ class Conversation:
             "Quelle est votre question ?"))
 
     def on_text(self, text: str, asr_confidence: float = 1.0) -> Reply:
-        text = (text or "").strip()
+        # markup or template code is not speech: drop it rather than let it match an entry
+        text = re.sub(r"<[^>]{0,200}>|\{\{.*?\}\}|\{%.*?%\}", " ", (text or "")).strip()
         if text:
             self.s.history.append(text[:300])
             self.s.silences = 0

@@ -1,0 +1,206 @@
+"""The conversation with the real corpus and search index: answer, clarify, guide, report, transfer."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from dialogue.conversation import Conversation, extract_phone
+from dialogue.corpus import THEMES
+from ivr.app import build_dialogue
+from ivr.store import Store
+from tests.conftest import CLOSED_TIME, OPEN_TIME, ROOT, make_cfg
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory):
+    cfg = make_cfg(tmp_path_factory.mktemp("kb"))
+    corpus, index = build_dialogue(cfg)
+    return cfg, corpus, index
+
+
+@pytest.fixture
+def conv(kb, tmp_path):
+    cfg, corpus, index = kb
+    store = Store(tmp_path / "ivr.db")
+    call_id = store.start_call("test")
+
+    def make(at=OPEN_TIME, **dialogue):
+        return Conversation(corpus, index, dict(cfg["dialogue"], **dialogue), store=store, call_id=call_id,
+                            clock=lambda: at)
+    make.store = store
+    return make
+
+
+def test_corpus_covers_every_theme_with_enough_entries(kb):
+    _, corpus, _ = kb
+    themes = {e.theme for e in corpus.entries}
+    assert set(THEMES) <= themes
+    assert sum(e.theme in THEMES for e in corpus.entries) >= 150
+    for e in corpus.entries:
+        assert len(re.findall(r"[.!?](\s|$)", e.answer)) <= 3, e.id
+        assert e.source and e.reviewed, e.id
+
+
+def test_greeting_names_the_commune_recording_and_the_way_to_a_person(conv):
+    text = conv().greet().text
+    assert "Montclair-sur-Lise" in text and "enregistré" in text and "tapez 0" in text
+
+
+def test_answer_then_another_question_then_satisfaction(conv):
+    c = conv()
+    r = c.on_text("euh bonjour a quelle heure elle ouvre la mairie le samedi")
+    assert (r.action, r.theme) == ("answer", "mairie_pratique") and "samedi de 9 h à 12 h" in r.text
+    assert r.text.endswith("Avez-vous une autre question ?") and r.confidence > 0.22
+    r = c.on_text("non merci")
+    assert r.action == "goodbye" and "satisfait" in r.text and not r.end_call
+    r = c.on_dtmf("1")
+    assert r.satisfaction == 1 and r.end_call
+
+
+def test_repeat_by_voice_and_by_key(conv):
+    c = conv()
+    first = c.on_text("comment je fais pour avoir un passeport")
+    assert c.on_text("vous pouvez répéter").text == first.text
+    assert c.on_dtmf("*").text == first.text
+
+
+def test_clarify_between_the_two_best_then_pick_the_second(conv):
+    c = conv(answer_threshold=0.999, clarify_threshold=0.01)
+    r = c.on_text("je voudrais des renseignements pour la cantine")
+    assert r.action == "clarify" and "ou plutôt" in r.text
+    second = c.s.candidates[1]
+    r = c.on_text("le second")
+    assert r.action in ("answer", "signalement", "transfer") and r.entry_id == second
+
+
+def test_two_misunderstandings_transfer_when_open(conv):
+    c = conv()
+    assert c.on_text("zorglub bidule machin").action == "clarify"
+    r = c.on_text("flibustier quantique")
+    assert r.action == "transfer" and r.transfer and "incompréhension" in r.summary
+
+
+def test_person_request_outside_hours_takes_a_message(conv):
+    c = conv(at=CLOSED_TIME)
+    r = c.on_text("je voudrais parler à quelqu'un")
+    assert r.action == "message" and "fermée" in r.text and "demain à 8 h 30" in r.text
+    assert c.on_text("oui").action == "message"
+    r = c.on_text("c'est madame durand je voulais savoir si mon dossier est complet")
+    assert "numéro" in r.text
+    for k in "0612345678":
+        r = c.on_dtmf(k)
+    assert r.end_call and r.outcome == "message"
+    cb = list(conv.store.db["callbacks"].rows)[0]
+    assert cb["phone"] == "0612345678" and "durand" in cb["message"]
+
+
+def test_key_0_and_spoken_request_transfer_when_open(conv):
+    assert conv().on_dtmf("0").transfer
+    r = conv().on_text("passez-moi un agent s'il vous plaît")
+    assert r.transfer and r.action == "transfer"
+
+
+def test_guided_demarche_step_by_step(conv):
+    c = conv()
+    r = c.on_text("je dois faire le recensement pour mon fils qui a seize ans")
+    assert r.entry_id == "citoyennete.recensement_citoyen" and "étape par étape" in r.text
+    steps = c.corpus.by_id(r.entry_id).steps
+    r = c.on_text("oui")
+    assert r.action == "guide" and r.text.startswith(f"Étape 1 sur {len(steps)}")
+    r = c.on_text("suivant")
+    assert r.text.startswith(f"Étape 2 sur {len(steps)}")
+    assert c.on_text("répétez").text == r.text
+    for _ in range(len(steps) - 2):
+        r = c.on_text("suivant")
+    assert "dernière étape" in r.text
+
+
+def test_signalement_collects_place_description_phone_and_reads_the_ticket(conv):
+    c = conv()
+    r = c.on_text("y a un lampadaire qui marche plus")
+    assert (r.action, r.theme) == ("signalement", "eclairage") and "Où se situe" in r.text
+    r = c.on_text("au 12 rue des Tanneurs")
+    assert "Décrivez" in r.text
+    r = c.on_text("il est éteint depuis trois jours")
+    assert "rappelé" in r.text
+    r = c.on_text("zéro six douze trente-quatre cinquante-six soixante-dix-huit")
+    assert "Je récapitule" in r.text and "06 12 34 56 78" in r.text and "rue des Tanneurs" in r.text
+    r = c.on_text("oui c'est ça")
+    assert r.ticket and re.fullmatch(r"SIG-\d{4}-\d{6}", r.ticket) and r.text.count(r.ticket) == 2
+    row = conv.store.db["reports"].get(1)
+    assert (row["category"], row["ticket"], row["callback"]) == ("eclairage", r.ticket, "0612345678")
+    assert "12" in row["place"] and "Tanneurs" in row["place"]
+
+
+def test_report_place_already_given_is_not_asked_again(conv):
+    c = conv()
+    r = c.on_text("il y a un gros nid de poule rue des Tanneurs")
+    assert r.action == "signalement" and "J'ai noté le lieu" in r.text
+
+
+def test_out_of_remit_question_is_explained_then_transferred(conv):
+    r = conv().on_text("c'est pour ma déclaration d'impôts sur le revenu")
+    assert r.action == "transfer" and r.transfer and r.theme is None
+
+
+@pytest.mark.parametrize("text", [
+    "", "   ", "euh... bah...", "hum hum", "<script>alert('x')</script>", "SELECT * FROM calls; DROP TABLE turns;",
+    "{{ commune.nom }} {% for x in y %}", "🙂🙂🙂", "a" * 5000,
+])
+def test_bad_input_never_crashes_nor_answers_confidently(conv, text):
+    r = conv().on_text(text)
+    assert r.text and not (r.action == "answer" and r.entry_id)
+
+
+def test_a_2000_word_ramble_still_gets_a_sensible_reply(conv):
+    story = ("alors voilà c'est une longue histoire mon voisin et moi on s'entend plus trop depuis des années " * 120)
+    r = conv().on_text(story + " bref je voulais savoir comment inscrire mon fils à l'école")
+    assert len(story.split()) > 2000
+    assert r.theme == "enfance_scolarite" or r.action in ("clarify", "transfer")
+
+
+def test_english_caller_is_told_the_service_is_in_french_and_offered_a_person(conv):
+    r = conv().on_text("hello can you help me I need to speak to someone in english please")
+    assert "français" in r.text and "0" in r.text
+
+
+def test_insult_gets_a_polite_answer(conv):
+    r = conv().on_text("vous êtes nuls")
+    assert r.action == "clarify" and "aider" in r.text
+
+
+def test_phone_number_parsing():
+    assert extract_phone("c'est le 06 12 34 56 78") == "0612345678"
+    assert extract_phone("zéro six douze trente-quatre cinquante-six soixante-dix-huit") == "0612345678"
+    assert extract_phone("+33 6 12 34 56 78") == "0612345678"
+    assert extract_phone("rue des lilas") == ""
+
+
+def _ivr(args, tmp_path, stdin=None):
+    env = {"IVR_DATA": str(tmp_path), "IVR_PATHS__CORPUS": str(ROOT / "corpus"),
+           "IVR_PATHS__CACHE": str(ROOT / "data" / "cache"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "ivr.cli", *args], input=stdin, capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+def test_ask_json_carries_state_between_commands(tmp_path):
+    state = tmp_path / "state.json"
+    p = _ivr(["ask", "je veux signaler un tag sur un mur", "--json", "--state", str(state)], tmp_path)
+    assert p.returncode == 0, p.stderr
+    first = json.loads(p.stdout)
+    assert set(first) >= {"action", "theme", "entry_id", "confidence", "text"}
+    assert first["action"] == "signalement" and first["theme"] == "proprete_espaces_verts"
+    p = _ivr(["ask", "place de la République", "--json", "--state", str(state)], tmp_path)
+    assert json.loads(p.stdout)["action"] == "signalement" and "Décrivez" in json.loads(p.stdout)["text"]
+
+
+def test_ask_batch_reads_one_query_per_line(tmp_path):
+    p = _ivr(["ask", "--json", "-", "--at", "2026-12-01T10:00"], tmp_path,
+             stdin="les horaires de la déchetterie\nje veux parler à un agent\n\n")
+    lines = [json.loads(l) for l in p.stdout.splitlines()]
+    assert len(lines) == 3
+    assert lines[0]["theme"] == "dechets" and lines[1]["action"] == "transfer" and lines[2]["action"] == "clarify"
+    assert all(l["action"] in ("answer", "clarify", "guide", "signalement", "transfer", "message", "repeat",
+                               "goodbye") for l in lines)
