@@ -128,6 +128,19 @@ def simulate(cfg, input_wav, out_wav, as_json, at, greeting):
         click.echo(f"\nRéponse audio : {out_wav}")
 
 
+@cli.command()
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds (tests).")
+@click.pass_obj
+def serve(cfg, duration):
+    """Answer real calls: register with Asterisk as the assistant's SIP endpoint (pjsua2)."""
+    from ivr.sip import serve as run
+
+    try:
+        run(cfg, duration)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 # --- dialogue ---------------------------------------------------------------------------------------
 def _conversation(cfg, state=None, at=None):
     from dialogue.conversation import Conversation

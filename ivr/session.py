@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from asr.vad import BargeIn, SpeechEnded, SpeechStarted, VoiceSegmenter, make_detector
-from ivr.audio import frame_samples, write_wav
+from ivr.audio import frame_samples, rms_dbfs
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,10 @@ class CallSession:
         self.conversation = engines.new_conversation(self.call_id)
         self.on_transfer, self.on_hangup, self.on_event = on_transfer, on_hangup, on_event
         self.inline = inline
+        self._own_executor = executor is None and not inline
         self.executor = executor or (None if inline else ThreadPoolExecutor(max_workers=1))
+        self._echo_guard_db = float(cfg["vad"].get("echo_guard_db", 15.0))
+        self._out_level = deque(maxlen=15)   # dBFS of the last 300 ms we played (echo guard)
         self._lock = threading.RLock()
         self._out: deque[np.ndarray] = deque()
         self._after_playback: tuple[str, str] | None = None   # ("transfer"|"hangup", reason)
@@ -88,6 +91,10 @@ class CallSession:
         self._t += self.frame_s
         self._rec_in.append(frame)
         prob = self.detector(frame)
+        if self._out and self._out_level:
+            # while we speak, what is much quieter than our own voice is its echo, not the caller
+            if rms_dbfs(frame) < max(self._out_level) - self._echo_guard_db:
+                prob = 0.0
         for ev in self.segmenter.process(frame, prob):
             if isinstance(ev, BargeIn):
                 self._barge_in(ev.t)
@@ -117,6 +124,8 @@ class CallSession:
                 self._finish_action(kind, reason)
         if frame is None:
             frame = np.zeros(self.frame_n, dtype=np.int16)
+        else:
+            self._out_level.append(rms_dbfs(frame))
         self._rec_out.append(frame)
         return frame
 
@@ -277,9 +286,9 @@ class CallSession:
         if self.e.cfg["call"]["record"] and self.e.recordings_dir:
             recording = str(self.save_recording(Path(self.e.recordings_dir) / f"{self.call_id}.wav"))
         self.store.end_call(self.call_id, self.outcome, reason, self._t, self.summary(), recording)
-        if self.on_hangup and reason != "caller_hangup":
+        if self.on_hangup and reason not in ("caller_hangup", "transfer"):
             self.on_hangup(reason)
-        if self.executor and not self.inline:
+        if self._own_executor:
             self.executor.shutdown(wait=False)
 
     def save_recording(self, path: Path) -> Path:

@@ -92,6 +92,14 @@ class Store:
                                               "end_reason": reason, "duration_s": round(duration_s, 3),
                                               "summary": summary, "recording": recording})
 
+    def close_interrupted(self, transport: str) -> int:
+        """Calls left 'active' by a process that died: closed as errors, so every call has an end."""
+        with self._lock, self.db.conn:
+            cur = self.db.execute("update calls set status = 'ended', outcome = 'error', end_reason = "
+                                  "'assistant_restart', ended_at = ? where status = 'active' and transport = ?",
+                                  [now_iso(), transport])
+            return cur.rowcount
+
     def set_satisfaction(self, call_id: str, value: int) -> None:
         with self._lock:
             self.db["calls"].update(call_id, {"satisfaction": value})

@@ -45,3 +45,14 @@ def test_purge_applies_retention(tmp_path):
     new = s.start_call("test")
     assert s.purge(90)["calls_deleted"] == 1
     assert s.call(old) is None and s.call(new) is not None and not rec.exists()
+
+
+def test_calls_left_active_by_a_dead_process_are_closed(tmp_path):
+    s = Store(tmp_path / "ivr.db")
+    dead = s.start_call("sip")
+    done = s.start_call("sip")
+    s.end_call(done, "answered", "goodbye", 3.0)
+    other = s.start_call("simulate")
+    assert s.close_interrupted("sip") == 1
+    assert s.call(dead)["outcome"] == "error" and s.call(dead)["end_reason"] == "assistant_restart"
+    assert s.call(done)["outcome"] == "answered" and s.call(other)["status"] == "active"

@@ -101,8 +101,15 @@ def _ticket(m: re.Match) -> str:
     return f"S. I. G., {digits(m.group(1))}, {digits(m.group(2))}"
 
 
+def _address(m: re.Match) -> str:
+    return m.group(0).replace("@", " arobase ").replace(".", " point ").replace("-", " tiret ")
+
+
 def normalize(text: str) -> str:
     t = text.replace("’", "'").replace("\u00a0", " ")
+    # e-mail and web addresses, read the way a person dictates them
+    t = re.sub(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b", _address, t)
+    t = re.sub(r"\b(?:www\.)?[\w-]+(?:\.[\w-]+)*\.(?:fr|com|org|net|eu|gouv\.fr)\b", _address, t)
     t = re.sub(r"\bSIG-(\d{4})-(\d{6})\b", _ticket, t)
     t = re.sub(r"(?<!\d)(?:\+33\s?|0)\d(?:[ .]?\d\d){4}(?!\d)", _phone, t)
     t = re.sub(r"\b(\d{4})-(\d{2})-(\d{2})\b", _date_iso, t)

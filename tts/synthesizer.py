@@ -43,8 +43,11 @@ class PicoSynthesizer(Synthesizer):
     name = "pico-fr-FR"
     native_rate = 16000
 
-    def __init__(self, language: str = "fr-FR"):
+    def __init__(self, language: str = "fr-FR", speed: int = 100):
         self.binary = shutil.which("pico2wave")
+        self.speed = speed
+        if speed != 100:
+            self.name = f"pico-{language}-{speed}"
         if not self.binary:
             raise TTSError("pico2wave est introuvable : lancez scripts/setup.sh (paquet Debian libttspico-utils, section non-free)")
         self.language = language
@@ -53,6 +56,9 @@ class PicoSynthesizer(Synthesizer):
     def synth(self, text: str) -> np.ndarray:
         out = self._tmp / f"{threading.get_ident()}-{time.monotonic_ns()}.wav"
         try:
+            text = text.replace("<", " ").replace(">", " ")     # pico2wave reads markup
+            if self.speed != 100:
+                text = f"<speed level='{self.speed}'>{text}</speed>"
             proc = subprocess.run([self.binary, "-l", self.language, "-w", str(out), text],
                                   capture_output=True, text=True, timeout=30)
             if proc.returncode != 0 or not out.exists():
@@ -100,7 +106,7 @@ def packaged_piper_voice() -> Path:
 def make_synthesizer(tts_cfg: dict, models_dir: Path) -> Synthesizer:
     engine = tts_cfg.get("engine", "pico")
     if engine == "pico":
-        return PicoSynthesizer()
+        return PicoSynthesizer(speed=int(tts_cfg.get("speed_percent", 100)))
     if engine == "piper":
         voice = tts_cfg.get("piper_voice") or ""
         if not voice:

@@ -1,0 +1,284 @@
+"""`ivr serve`: the assistant as a SIP endpoint (pjsua2) registered with Asterisk.
+
+pjsua2 runs with threadCnt=0 and mainThreadOnly: every SIP action happens on the thread that calls
+libHandleEvents. Media callbacks arrive on the conference-bridge thread and only move 20 ms frames in
+and out of the CallSession (no ASR/TTS there). Transfers and hang-ups requested by a session are
+queued to the main thread.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _pj():
+    try:
+        import pjsua2
+    except ImportError:
+        raise RuntimeError("le module pjsua2 est absent : lancez scripts/setup.sh --with-telephony "
+                           "(ou scripts/build_pjsua2.sh)") from None
+    return pjsua2
+
+
+def ascii_header(text: str, limit: int = 200) -> str:
+    """SIP header values must be plain ASCII on one line."""
+    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return " ".join(t.replace('"', "'").split())[:limit]
+
+
+class SipServer:
+    def __init__(self, cfg, engines):
+        self.cfg = cfg
+        self.sip = cfg["sip"]
+        self.engines = engines
+        self.pj = _pj()
+        self.commands: queue.Queue = queue.Queue()
+        self.calls: dict[int, "object"] = {}
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="turn")
+        self.registered = threading.Event()
+        self.stopping = threading.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        pj = self.pj
+        self.ep = pj.Endpoint()
+        self.ep.libCreate()
+        ec = pj.EpConfig()
+        ec.uaConfig.threadCnt = 0
+        ec.uaConfig.mainThreadOnly = True
+        ec.uaConfig.userAgent = "ivr-mairie"
+        ec.logConfig.level = 1
+        ec.logConfig.consoleLevel = 1
+        # built without resampling: the conference bridge runs at the telephone rate
+        ec.medConfig.clockRate = int(self.cfg["audio"]["sample_rate"])
+        ec.medConfig.sndClockRate = int(self.cfg["audio"]["sample_rate"])
+        ec.medConfig.noVad = True
+        ec.medConfig.ecTailLen = 0
+        self.ep.libInit(ec)
+        self.ep.audDevManager().setNullDev()
+        tc = pj.TransportConfig()
+        tc.port = int(self.sip["port"])
+        tc.boundAddress = self.sip["bind"]
+        try:
+            self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+        except pj.Error as exc:
+            self.ep.libDestroy()
+            raise RuntimeError(f"port SIP {self.sip['bind']}:{self.sip['port']} indisponible (déjà utilisé ?) : "
+                               f"{exc.reason}") from None
+        self.ep.libStart()
+        ac = pj.AccountConfig()
+        host = self.sip["registrar"].split(":", 1)[1].split(":")[0]
+        ac.idUri = f"sip:{self.sip['user']}@{host}"
+        ac.regConfig.registrarUri = self.sip["registrar"]
+        ac.regConfig.timeoutSec = 120
+        ac.regConfig.retryIntervalSec = 3
+        ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", self.sip["user"], 0, self.sip["password"]))
+        ac.mediaConfig.transportConfig.boundAddress = self.sip["bind"]
+        self.account = _make_account(self)
+        self.account.create(ac)
+        log.info("SIP endpoint on %s:%s, registering %s at %s", self.sip["bind"], self.sip["port"], ac.idUri,
+                 self.sip["registrar"])
+
+    def run(self, duration: float | None = None) -> None:
+        end = time.monotonic() + duration if duration else None
+        while not self.stopping.is_set() and (end is None or time.monotonic() < end):
+            self.ep.libHandleEvents(10)
+            self._run_commands()
+        self.shutdown()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("SIP command failed")
+
+    def shutdown(self) -> None:
+        log.info("stopping: %d call(s) in progress", len(self.calls))
+        for call in list(self.calls.values()):
+            call.end_now()
+        for _ in range(50):
+            self.ep.libHandleEvents(10)
+            self._run_commands()
+        try:
+            self.account.setRegistration(False)
+        except Exception:
+            pass
+        for _ in range(30):
+            self.ep.libHandleEvents(10)
+        self.calls.clear()
+        self.account.shutdown()
+        del self.account
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.ep.libDestroy()
+
+
+def _make_account(server: SipServer):
+    pj = server.pj
+
+    class Account(pj.Account):
+        def onRegState(self, prm):
+            ok = prm.code // 100 == 2 and self.getInfo().regIsActive
+            (server.registered.set if ok else server.registered.clear)()
+            log.info("registration: %s %s", prm.code, prm.reason)
+
+        def onIncomingCall(self, prm):
+            call = _make_call(server, self, prm.callId)
+            op = pj.CallOpParam()
+            if len(server.calls) >= int(server.sip["max_calls"]) or server.stopping.is_set():
+                op.statusCode = 486            # busy: the dialplan sends the caller to the desk
+                call.answer(op)
+                return
+            server.calls[call.getId()] = call
+            op.statusCode = 200
+            call.answer(op)
+
+    return Account()
+
+
+def _make_call(server: SipServer, account, call_id: int):
+    pj = server.pj
+    from ivr.session import CallSession
+
+    class Port(pj.AudioMediaPort):
+        """Moves 20 ms frames between the conference bridge and the session (bridge thread)."""
+
+        def __init__(self, call):
+            super().__init__()
+            self.call = call
+
+        def onFrameReceived(self, frame):
+            s = self.call.session
+            if s is not None and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
+                s.push_audio(np.frombuffer(bytes(frame.buf), dtype="<i2"))
+
+        def onFrameRequested(self, frame):
+            s = self.call.session
+            pcm = s.pull_audio() if s is not None else np.zeros(160, np.int16)
+            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+            frame.buf = pj.ByteVector(pcm.astype("<i2").tobytes())
+            frame.size = len(pcm) * 2
+
+    class Call(pj.Call):
+        def __init__(self):
+            super().__init__(account, call_id)
+            self.session = None
+            self.port = None
+            self.media = None
+            self.transferring = False
+            self.done = False
+
+        def onCallState(self, prm):
+            ci = self.getInfo()
+            if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.session is None:
+                caller = ci.remoteUri
+                self.session = CallSession(server.engines, transport="sip", caller=caller,
+                                           on_transfer=self._want_transfer, on_hangup=self._want_hangup,
+                                           executor=server.executor)
+                log.info("call %s answered (%s)", self.session.call_id, caller)
+            elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self._cleanup(ci.lastReason)
+
+        def onCallMediaState(self, prm):
+            ci = self.getInfo()
+            for i, mi in enumerate(ci.media):
+                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE and self.port is None:
+                    self.media = self.getAudioMedia(i)
+                    fmt = pj.MediaFormatAudio()
+                    rate = int(server.cfg["audio"]["sample_rate"])
+                    fmt.init(pj.PJMEDIA_FORMAT_PCM, rate, 1, 20000, 16)
+                    self.port = Port(self)
+                    self.port.createPort(f"ivr{self.getId()}", fmt)
+                    self.media.startTransmit(self.port)
+                    self.port.startTransmit(self.media)
+
+        def onDtmfDigit(self, prm):
+            if self.session is not None:
+                self.session.push_dtmf(prm.digit)
+
+        def onCallTransferStatus(self, prm):
+            log.info("transfer: %s %s%s", prm.statusCode, prm.reason, " (final)" if prm.finalNotify else "")
+            if prm.finalNotify:
+                # Asterisk never sends BYE to the transferor: end our own leg
+                self.end_now()
+
+        # requests from the session (other threads): queued to the SIP thread
+        def _want_transfer(self, summary: str):
+            server.commands.put(lambda: self._transfer(summary))
+
+        def _want_hangup(self, reason: str):
+            server.commands.put(self.end_now)
+
+        def _transfer(self, summary: str):
+            if self.done or self.transferring:
+                return
+            self.transferring = True
+            op = pj.CallOpParam(True)
+            # The desk learns why the call came: Asterisk keeps Referred-By in SIPREFERREDBYHDR and
+            # the dialplan copies it into an X-Mairie-Appel header of the desk's INVITE.
+            h = pj.SipHeader()
+            h.hName = "Referred-By"
+            h.hValue = (f'"{ascii_header(summary, 120)}" <sip:{server.sip["user"]}@127.0.0.1>'
+                        f';ivr-call={self.session.call_id if self.session else "-"}')
+            op.txOption.headers.append(h)
+            log.info("call %s: transfer to %s", self.session.call_id if self.session else "?", server.sip["desk_uri"])
+            self.xfer(server.sip["desk_uri"], op)
+
+        def end_now(self):
+            if self.done:
+                return
+            try:
+                op = pj.CallOpParam()
+                op.statusCode = 200
+                self.hangup(op)
+            except Exception:
+                self._cleanup("local hangup")
+
+        def _cleanup(self, reason: str):
+            if self.done:
+                return
+            self.done = True
+            s, self.session = self.session, None
+            if self.port is not None and self.media is not None:
+                try:
+                    self.media.stopTransmit(self.port)
+                    self.port.stopTransmit(self.media)
+                except Exception:
+                    pass
+            if s is not None and not s.ended:
+                s.caller_hung_up() if not self.transferring else s.close("transfer")
+            log.info("call ended (%s)", reason)
+            server.commands.put(lambda: server.calls.pop(self.getId(), None))
+
+    return Call()
+
+
+def serve(cfg, duration: float | None = None) -> None:
+    from ivr.app import build_engines
+
+    engines = build_engines(cfg)
+    stale = engines.store.close_interrupted("sip")
+    if stale:
+        log.warning("%d call(s) interrupted by the previous stop were closed in the records", stale)
+    server = SipServer(cfg, engines)
+
+    def stop(*_):
+        server.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.start()
+    server.run(duration)

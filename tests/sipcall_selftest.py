@@ -1,0 +1,97 @@
+"""Self-test of tests/sipcall.py against the real Asterisk (run as root; not a pytest module):
+
+    .venv/bin/python tests/sipcall_selftest.py
+
+Starts Asterisk and the desk, places real SIPp calls, prints a JSON summary; exit status 0 if
+every check passed. Everything it started is stopped."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sipcall as sc  # noqa: E402
+
+checks: dict[str, bool] = {}
+timings: dict[str, float] = {}
+
+
+def check(name: str, ok: bool) -> None:
+    checks[name] = bool(ok)
+    print(("ok   " if ok else "FAIL ") + name, flush=True)
+
+
+def timed(name: str, fn, *args, **kwargs):
+    t0 = time.monotonic()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        timings[name] = round(time.monotonic() - t0, 2)
+
+
+def near_440(audio) -> bool:
+    return len(audio) >= sc.RATE and abs(sc.dominant_frequency(audio) - 440) < 10
+
+
+def main() -> int:
+    t_start = time.monotonic()
+    ast = sc.Asterisk()
+    timed("asterisk_up_s", ast.__enter__)
+    started_here = ast.started
+    try:
+        with sc.Desk() as desk:
+            # 1. the desk (200): 3 s of 440 Hz, DTMF 5 at 1.0 s, we hang up after 4 s
+            r = timed("call_200_s", sc.place_call, sc.tone(440, 3), extension="200", dtmf=[(1.0, "5")], hangup_after=4)
+            check("200: answered", r.answered)
+            check("200: we hung up (no remote BYE)", not r.remote_hangup and r.returncode == 0)
+            check("200: call lasted ~4 s", abs(r.duration - 4) < 0.5)
+            check("200: desk received 1 call", desk.calls_received() == 1)
+            heard = desk.heard()
+            check("200: desk heard ~440 Hz", len(heard) == 1 and near_440(heard[0]))
+            check("200: desk got DTMF 5 (RFC 4733)", desk.dtmf_heard() == [["5"]])
+
+            # 2. the town-hall number (100) with no assistant registered: the dialplan sends it to the desk
+            check("100: no assistant registered", "assistant/" not in ast.cli("pjsip show contacts"))
+            r = timed("call_100_s", sc.place_call, sc.tone(440, 2), extension="100", hangup_after=2.5)
+            check("100: answered", r.answered)
+            check("100: desk received 2 calls", desk.calls_received() == 2)
+            check("100: desk INVITE from Asterisk", desk.invite_headers()[-1].startswith("INVITE sip:desk@127.0.0.1:5080"))
+            check("100: desk heard ~440 Hz", near_440(desk.heard()[-1]))
+
+            # 3. two simultaneous calls to the desk, each on its own ports
+            results: list = [None, None]
+
+            def call(i: int) -> None:
+                sip, rtp = sc.free_port_pair()
+                results[i] = sc.place_call(sc.tone(440, 2), extension="200", hangup_after=3, local_port=sip, rtp_port=rtp)
+
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            timings["two_parallel_calls_s"] = round(time.monotonic() - t0, 2)
+            check("parallel: both answered", all(x is not None and x.answered for x in results))
+            check("parallel: desk received 4 calls", desk.calls_received() == 4)
+            check("parallel: desk heard ~440 Hz on both legs", all(near_440(a) for a in desk.heard()[-2:]))
+
+        # 4. the desk hangs up after 2 s and echoes RTP: the caller accepts the BYE and hears itself
+        with sc.Desk(echo=True, hangup_after=2) as desk:
+            r = timed("call_remote_hangup_s", sc.place_call, sc.tone(440, 3), extension="200", timeout=15)
+            check("remote hangup: answered, BYE accepted", r.answered and r.remote_hangup and r.returncode == 0)
+            check("remote hangup: after ~2 s", abs(r.duration - 2) < 0.5)
+            check("remote hangup: caller heard its echo ~440 Hz", near_440(r.heard))
+    finally:
+        timed("asterisk_down_s", ast.__exit__, None, None, None)
+    timings["total_s"] = round(time.monotonic() - t_start, 2)
+    print(json.dumps({"passed": all(checks.values()), "checks": checks, "timings": timings,
+                      "asterisk_started_here": started_here}, indent=2))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
