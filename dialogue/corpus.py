@@ -140,7 +140,8 @@ class Commune:
         works = [w for w in self.data.get("travaux", []) if _as_date(w["au"]) >= self.today]
         if not works:
             return "Aucun chantier important n'est en cours."
-        parts = [f"{w['rue']}, jusqu'au {spoken_date(_as_date(w['au']), False)[3:]} : {w['description'].rstrip('.')}"
+        parts = [f"{w['rue']}, jusqu'au {spoken_date(_as_date(w['au']), False)[3:]} : "
+                 f"{w['description'][:1].lower()}{w['description'][1:].rstrip('.')}"
                  for w in works[:3]]
         return "Travaux en cours : " + " ; ".join(parts) + "."
 
