@@ -130,13 +130,14 @@ def simulate(cfg, input_wav, out_wav, as_json, at, greeting):
 
 @cli.command()
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (tests).")
+@click.option("--at", default=None, help="Pretend it is this time (AAAA-MM-JJTHH:MM): tests and demos.")
 @click.pass_obj
-def serve(cfg, duration):
+def serve(cfg, duration, at):
     """Answer real calls: register with Asterisk as the assistant's SIP endpoint (pjsua2)."""
     from ivr.sip import serve as run
 
     try:
-        run(cfg, duration)
+        run(cfg, duration, clock=_parse_at(at))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 

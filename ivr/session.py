@@ -114,6 +114,8 @@ class CallSession:
 
     def pull_audio(self) -> np.ndarray:
         """The next 20 ms frame to play to the caller (silence when nothing to say)."""
+        if self.ended:
+            return np.zeros(self.frame_n, dtype=np.int16)
         with self._lock:
             frame = self._out.popleft() if self._out else None
             if frame is not None:
@@ -121,7 +123,7 @@ class CallSession:
             elif self._after_playback and not self._busy:
                 kind, reason = self._after_playback
                 self._after_playback = None
-                self._finish_action(kind, reason)
+                self._submit(self._finish_action, kind, reason)   # not on the media thread
         if frame is None:
             frame = np.zeros(self.frame_n, dtype=np.int16)
         else:
@@ -275,10 +277,17 @@ class CallSession:
         return (text + " / ".join(said))[-300:]
 
     def close(self, reason: str) -> None:
+        """Ends the call at once; the record and the recording are written off the calling thread."""
         with self._lock:
             if self.ended:
                 return
             self.ended = True
+        if self.inline or self.executor is None:
+            self._finalize(reason)
+        else:
+            self.executor.submit(self._finalize, reason)
+
+    def _finalize(self, reason: str) -> None:
         if reason == "caller_hangup" and self.outcome == "abandoned" and self.turns:
             self.outcome = "answered" if any(t["action"] in ("answer", "guide") for t in self.turns) else "abandoned"
         self._emit("hangup", reason=reason)

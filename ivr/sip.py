@@ -7,12 +7,14 @@ queued to the main thread.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import signal
 import threading
 import time
 import unicodedata
+from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -106,6 +108,16 @@ class SipServer:
             except Exception:
                 log.exception("SIP command failed")
 
+    def transfer(self, pid: int, summary: str) -> None:
+        call = self.calls.get(pid)
+        if call is not None:
+            call.transfer(summary)
+
+    def hangup(self, pid: int) -> None:
+        call = self.calls.get(pid)
+        if call is not None:
+            call.end_now()
+
     def shutdown(self) -> None:
         log.info("stopping: %d call(s) in progress", len(self.calls))
         for call in list(self.calls.values()):
@@ -119,10 +131,12 @@ class SipServer:
             pass
         for _ in range(30):
             self.ep.libHandleEvents(10)
+        self._run_commands()
         self.calls.clear()
         self.account.shutdown()
         del self.account
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(wait=True)    # call records finish writing
+        gc.collect()            # pj objects must go before libDestroy, on this thread
         self.ep.libDestroy()
 
 
@@ -149,6 +163,13 @@ def _make_account(server: SipServer):
     return Account()
 
 
+class _Box:
+    """What the media thread may touch: the session only (no pj object, so no pj destructor can run
+    on a foreign thread when Python frees it)."""
+
+    session = None
+
+
 def _make_call(server: SipServer, account, call_id: int):
     pj = server.pj
     from ivr.session import CallSession
@@ -156,17 +177,17 @@ def _make_call(server: SipServer, account, call_id: int):
     class Port(pj.AudioMediaPort):
         """Moves 20 ms frames between the conference bridge and the session (bridge thread)."""
 
-        def __init__(self, call):
+        def __init__(self, box):
             super().__init__()
-            self.call = call
+            self.box = box
 
         def onFrameReceived(self, frame):
-            s = self.call.session
+            s = self.box.session
             if s is not None and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
                 s.push_audio(np.frombuffer(bytes(frame.buf), dtype="<i2"))
 
         def onFrameRequested(self, frame):
-            s = self.call.session
+            s = self.box.session
             pcm = s.pull_audio() if s is not None else np.zeros(160, np.int16)
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
             frame.buf = pj.ByteVector(pcm.astype("<i2").tobytes())
@@ -175,20 +196,26 @@ def _make_call(server: SipServer, account, call_id: int):
     class Call(pj.Call):
         def __init__(self):
             super().__init__(account, call_id)
-            self.session = None
+            self.box = _Box()
             self.port = None
             self.media = None
             self.transferring = False
             self.done = False
 
+        @property
+        def session(self):
+            return self.box.session
+
         def onCallState(self, prm):
             ci = self.getInfo()
             if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.session is None:
-                caller = ci.remoteUri
-                self.session = CallSession(server.engines, transport="sip", caller=caller,
-                                           on_transfer=self._want_transfer, on_hangup=self._want_hangup,
-                                           executor=server.executor)
-                log.info("call %s answered (%s)", self.session.call_id, caller)
+                # the session's callbacks hold the call's number, never the pj object
+                pid = self.getId()
+                self.box.session = CallSession(
+                    server.engines, transport="sip", caller=ci.remoteUri, executor=server.executor,
+                    on_transfer=lambda summary: server.commands.put(lambda: server.transfer(pid, summary)),
+                    on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)))
+                log.info("call %s answered (%s)", self.session.call_id, ci.remoteUri)
             elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self._cleanup(ci.lastReason)
 
@@ -198,9 +225,8 @@ def _make_call(server: SipServer, account, call_id: int):
                 if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE and self.port is None:
                     self.media = self.getAudioMedia(i)
                     fmt = pj.MediaFormatAudio()
-                    rate = int(server.cfg["audio"]["sample_rate"])
-                    fmt.init(pj.PJMEDIA_FORMAT_PCM, rate, 1, 20000, 16)
-                    self.port = Port(self)
+                    fmt.init(pj.PJMEDIA_FORMAT_PCM, int(server.cfg["audio"]["sample_rate"]), 1, 20000, 16)
+                    self.port = Port(self.box)
                     self.port.createPort(f"ivr{self.getId()}", fmt)
                     self.media.startTransmit(self.port)
                     self.port.startTransmit(self.media)
@@ -215,27 +241,17 @@ def _make_call(server: SipServer, account, call_id: int):
                 # Asterisk never sends BYE to the transferor: end our own leg
                 self.end_now()
 
-        # requests from the session (other threads): queued to the SIP thread
-        def _want_transfer(self, summary: str):
-            server.commands.put(lambda: self._transfer(summary))
-
-        def _want_hangup(self, reason: str):
-            server.commands.put(self.end_now)
-
-        def _transfer(self, summary: str):
+        def transfer(self, summary: str):
             if self.done or self.transferring:
                 return
             self.transferring = True
-            op = pj.CallOpParam(True)
-            # The desk learns why the call came: Asterisk keeps Referred-By in SIPREFERREDBYHDR and
-            # the dialplan copies it into an X-Mairie-Appel header of the desk's INVITE.
-            h = pj.SipHeader()
-            h.hName = "Referred-By"
-            h.hValue = (f'"{ascii_header(summary, 120)}" <sip:{server.sip["user"]}@127.0.0.1>'
-                        f';ivr-call={self.session.call_id if self.session else "-"}')
-            op.txOption.headers.append(h)
-            log.info("call %s: transfer to %s", self.session.call_id if self.session else "?", server.sip["desk_uri"])
-            self.xfer(server.sip["desk_uri"], op)
+            # The desk learns why the call came: the Refer-To URI carries the call id and the reason;
+            # Asterisk keeps it in SIPREFERTOHDR and the dialplan copies it into X-Mairie-Appel.
+            cid = self.session.call_id if self.session else "-"
+            target = (f"{server.sip['desk_uri']};ivr-call={cid}"
+                      f";ivr-motif={quote(ascii_header(summary, 100), safe='')}")
+            log.info("call %s: transfer to %s", cid, server.sip["desk_uri"])
+            self.xfer(target, pj.CallOpParam(True))
 
         def end_now(self):
             if self.done:
@@ -251,7 +267,7 @@ def _make_call(server: SipServer, account, call_id: int):
             if self.done:
                 return
             self.done = True
-            s, self.session = self.session, None
+            s, self.box.session = self.box.session, None
             if self.port is not None and self.media is not None:
                 try:
                     self.media.stopTransmit(self.port)
@@ -261,15 +277,16 @@ def _make_call(server: SipServer, account, call_id: int):
             if s is not None and not s.ended:
                 s.caller_hung_up() if not self.transferring else s.close("transfer")
             log.info("call ended (%s)", reason)
-            server.commands.put(lambda: server.calls.pop(self.getId(), None))
+            pid = self.getId()
+            server.commands.put(lambda: server.calls.pop(pid, None))   # freed later, on this thread
 
     return Call()
 
 
-def serve(cfg, duration: float | None = None) -> None:
+def serve(cfg, duration: float | None = None, clock=None) -> None:
     from ivr.app import build_engines
 
-    engines = build_engines(cfg)
+    engines = build_engines(cfg, clock=clock)
     stale = engines.store.close_interrupted("sip")
     if stale:
         log.warning("%d call(s) interrupted by the previous stop were closed in the records", stale)

@@ -55,6 +55,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# --- telephony: Asterisk 22 (sid chroot) and pjsua2 (built once, then cached in data/cache) -------
+step "Asterisk (chroot in data/asterisk) and pjsua2"
+scripts/asterisk.sh install
+scripts/asterisk.sh configure
+VENV="$VENV" scripts/build_pjsua2.sh
+command -v sipp >/dev/null || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq sip-tester tcpdump \
+  || die "apt-get install sip-tester tcpdump failed (test caller and capture)"
+
 # --- models --------------------------------------------------------------------------------------
 step "Provisioning models"
 "$VENV/bin/ivr" models provision "$@"

@@ -247,32 +247,45 @@ def _call_end(wait_ms: int, me: str, remote: str, cseq: int) -> str:
     bye = (f"BYE [next_url] SIP/2.0\n[routes]\nVia: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\nFrom:{me}\n"
            f"To:{remote}\nCall-ID: [call_id]\nCSeq: {cseq} BYE\nMax-Forwards: 70\nContent-Length: 0\n")
     return (f'<recv request="BYE" timeout="{wait_ms}" ontimeout="hangup"/>\n' + _send(ok, ' next="done"')
-            + '<label id="hangup"/>\n' + _send(bye, ' retrans="500"') + '<recv response="200"/>\n<label id="done"/>\n')
+            + '<label id="hangup"/>\n' + _send(bye, ' retrans="500"') + '<recv response="200" next="done"/>\n')
 
 
 def _scenario(body: str) -> str:
-    return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="sipcall">\n{body}</scenario>\n'
+    return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="sipcall">\n{body}<label id="done"/>\n</scenario>\n'
 
 
-def uac_scenario(from_user: str, pcap: Path, wait_ms: int) -> str:
+def uac_scenario(from_user: str, pcap: Path, ring_ms: int, wait_ms: int) -> str:
+    """INVITE; no answer within ring_ms (after the last provisional response): CANCEL."""
     me = f" {from_user} <sip:{from_user}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]"
-    via = "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\n"
-    invite = (f"INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n{via}From:{me}\nTo: <sip:[service]@[remote_ip]:[remote_port]>\n"
-              f"Call-ID: [call_id]\nCSeq: 1 INVITE\nContact: <sip:{from_user}@[local_ip]:[local_port]>\nMax-Forwards: 70\n"
-              f"Content-Type: application/sdp\nContent-Length: [len]\n\n{SDP}")
-    ack = f"ACK [next_url] SIP/2.0\n[routes]\n{via}From:{me}\n[last_To:]\nCall-ID: [call_id]\nCSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n"
-    return _scenario(_send(invite, ' retrans="500"') + "".join(f'<recv response="{c}" optional="true"/>\n' for c in (100, 180, 183))
-                     + '<recv response="200" rrs="true"><action><ereg regexp=".*" search_in="hdr" header="To:" assign_to="rto"/></action></recv>\n'
-                     + _send(ack) + f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n' + _call_end(wait_ms, me, "[$rto]", 2))
+    via = "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch="
+    inv = f"{via}z9hG4bK-[pid]-[call_number]-invite\nFrom:{me}\nTo: <sip:[service]@[remote_ip]:[remote_port]>\nCall-ID: [call_id]\n"
+    invite = (f"INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n{inv}CSeq: 1 INVITE\nContact: <sip:{from_user}@[local_ip]:[local_port]>\n"
+              f"Max-Forwards: 70\nContent-Type: application/sdp\nContent-Length: [len]\n\n{SDP}")
+    ack = f"ACK [next_url] SIP/2.0\n[routes]\n{via}[branch]\nFrom:{me}\n[last_To:]\nCall-ID: [call_id]\nCSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n"
+    ring = f'timeout="{ring_ms}" ontimeout="cancel"'   # on every recv: SIPp times the current one only
+    cancel = f"CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n{inv}CSeq: 1 CANCEL\nMax-Forwards: 70\nContent-Length: 0\n"
+    ack487 = (f"ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n{inv.replace('To: <sip:[service]@[remote_ip]:[remote_port]>', '[last_To:]')}"
+              "CSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n")
+    return _scenario(_send(invite, ' retrans="500"') + "".join(f'<recv response="{c}" optional="true" {ring}/>\n' for c in (100, 180, 183))
+                     + f'<recv response="200" rrs="true" {ring}><action>'
+                     '<ereg regexp=".*" search_in="hdr" header="To:" assign_to="rto"/></action></recv>\n'
+                     + _send(ack) + f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n' + _call_end(wait_ms, me, "[$rto]", 2)
+                     + '<label id="cancel"/>\n' + _send(cancel, ' retrans="500"') + '<recv response="200"/>\n<recv response="487"/>\n'
+                     + _send(ack487))
 
 
-def uas_scenario(wait_ms: int) -> str:
+def uas_scenario(wait_ms: int, answer: bool = True) -> str:
+    """Each INVITE: 180, then 200 OK + the call (answer=False: ring until CANCEL, then 200 + 487)."""
     tag = ";tag=[pid]SIPpTag01[call_number]"
-    resp = f"SIP/2.0 {{}}\n[last_Via:]\n[last_From:]\n[last_To:]{tag}\n[last_Call-ID:]\n[last_CSeq:]\nContact: <sip:desk@[local_ip]:[local_port]>\n"
-    return _scenario('<recv request="INVITE" rrs="true"><action><ereg regexp=".*" search_in="hdr" header="To:" assign_to="lto"/>'
-                     '<ereg regexp=".*" search_in="hdr" header="From:" assign_to="rfrom"/></action></recv>\n'
-                     + _send(resp.format("180 Ringing") + "Content-Length: 0\n")
-                     + _send(resp.format("200 OK") + f"Content-Type: application/sdp\nContent-Length: [len]\n\n{SDP}", ' retrans="500"')
+    resp = f"SIP/2.0 {{}}\n[last_Via:]\n[last_From:]\n[last_To:]{tag}\n[last_Call-ID:]\n{{}}\nContact: <sip:desk@[local_ip]:[local_port]>\n"
+    save = "".join(f'<ereg regexp=".*" search_in="hdr" header="{h}:" assign_to="{v}"/>' for h, v in
+                   ((("To", "lto"), ("From", "rfrom")) if answer else (("CSeq", "cseq"),)))   # SIPp rejects unused variables
+    body = (f'<recv request="INVITE" rrs="true"><action>{save}</action></recv>\n'
+            + _send(resp.format("180 Ringing", "[last_CSeq:]") + "Content-Length: 0\n"))
+    if not answer:
+        return _scenario(body + '<recv request="CANCEL"/>\n' + _send(resp.format("200 OK", "[last_CSeq:]") + "Content-Length: 0\n")
+                         + _send(resp.format("487 Request Terminated", "CSeq:[$cseq]") + "Content-Length: 0\n") + '<recv request="ACK"/>\n')
+    return _scenario(body + _send(resp.format("200 OK", "[last_CSeq:]") + f"Content-Type: application/sdp\nContent-Length: [len]\n\n{SDP}", ' retrans="500"')
                      + '<recv request="ACK"/>\n' + _call_end(wait_ms, "[$lto]" + tag, "[$rfrom]", 1))
 
 
@@ -333,20 +346,23 @@ def place_call(audio: np.ndarray, *, extension: str = "100", from_user: str = "c
                rtp_port: int | None = None, keep: bool = False) -> CallResult:
     """A real call from SIPp (UAC on 127.0.0.1:local_port, RTP on rtp_port; None: free_port_pair())
     to Asterisk 127.0.0.1:5060 `extension`, as From user `from_user`. Once answered it plays `audio`
-    (int16 8 kHz mono) and `dtmf` [(seconds after answer, key)], and hangs up `hangup_after` s after
-    the answer, or waits (up to `timeout` s) for the remote BYE. Blocks until the call is over."""
+    (int16 8 kHz mono) and `dtmf` [(seconds after answer, key), keys >= 0.2 s apart], and hangs up
+    `hangup_after` s after the answer, or waits up to `timeout` s for the remote BYE. No answer
+    within `timeout` s of the last provisional response: CANCEL. Blocks until the call is over;
+    SIPp is killed if it outlives that by 20 s."""
     if local_port is None or rtp_port is None:
         local_port, rtp_port = free_port_pair()
     work = Path(tempfile.mkdtemp(prefix="sipcall-"))
     write_pcap(work / "send.pcap", rtp_packets(np.asarray(audio, np.int16), dtmf))
-    (work / "uac.xml").write_text(uac_scenario(from_user, work / "send.pcap", int(1000 * (timeout if hangup_after is None else hangup_after))))
+    wait = timeout if hangup_after is None else hangup_after
+    (work / "uac.xml").write_text(uac_scenario(from_user, work / "send.pcap", int(1000 * timeout), int(1000 * wait)))
     cap = sipp = None
     rc = -9
     try:
         cap = start_capture(rtp_port, work / "recv.pcap")
         sipp = _sipp(work, "uac", ["-s", str(extension), "-p", str(local_port), "-mp", str(rtp_port), "-m", "1",
-                                   "-timeout", f"{int(timeout) + 15}s", "-timeout_error", "127.0.0.1:5060"])
-        rc = sipp.wait(timeout + 25)
+                                   "-timeout", f"{int(timeout + wait) + 10}s", "-timeout_error", "127.0.0.1:5060"])
+        rc = sipp.wait(timeout + wait + 20)
         time.sleep(0.2)                             # the last RTP packets reach the capture
     except subprocess.TimeoutExpired:
         pass
@@ -367,19 +383,22 @@ def place_call(audio: np.ndarray, *, extension: str = "100", from_user: str = "c
 
 class Desk:
     """The desk phone: SIPp UAS on 127.0.0.1:`port` (pjsip.conf's desk contact) answering every
-    call, concurrent ones included. It sends no audio (echo=True: echoes the RTP it gets) and
-    records what it receives on `rtp_port`. hangup_after: the desk hangs up that many seconds
-    after answering (None: it waits for the caller's BYE). Results stay readable after exit."""
+    call, concurrent ones included (answer=False: it only rings, until CANCEL). It sends no audio
+    (echo=True: echoes the RTP it gets) and records what it receives on `rtp_port`. hangup_after:
+    it hangs up that many seconds after answering (None: it waits for the caller's BYE).
+    Results stay readable after exit."""
 
     def __init__(self, port: int = DESK_PORT, rtp_port: int = DESK_RTP, echo: bool = False,
-                 hangup_after: float | None = None):
-        self.port, self.rtp_port, self.echo, self.hangup_after = port, rtp_port, echo, hangup_after
+                 hangup_after: float | None = None, answer: bool = True):
+        self.port, self.rtp_port, self.echo, self.hangup_after, self.answer = port, rtp_port, echo, hangup_after, answer
         self.work = self.sipp = self.cap = None
         self._log, self._err, self._media = "", "", {}
 
     def __enter__(self) -> "Desk":
+        if not _udp_free(self.port):
+            raise RuntimeError(f"UDP port {self.port} is taken (another desk?): ss -lunp 'sport = :{self.port}'")
         self.work = Path(tempfile.mkdtemp(prefix="sipdesk-"))
-        (self.work / "desk.xml").write_text(uas_scenario(int(1000 * (86400 if self.hangup_after is None else self.hangup_after))))
+        (self.work / "desk.xml").write_text(uas_scenario(int(1000 * (86400 if self.hangup_after is None else self.hangup_after)), self.answer))
         try:
             self.cap = start_capture(self.rtp_port, self.work / "recv.pcap")
             self.sipp = _sipp(self.work, "desk", ["-p", str(self.port), "-mp", str(self.rtp_port), "-m", "1000000"]

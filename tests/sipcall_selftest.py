@@ -7,6 +7,7 @@ every check passed. Everything it started is stopped."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ import sipcall as sc  # noqa: E402
 
 checks: dict[str, bool] = {}
 timings: dict[str, float] = {}
+details: dict[str, object] = {}
 
 
 def check(name: str, ok: bool) -> None:
@@ -78,8 +80,21 @@ def main() -> int:
             check("parallel: both answered", all(x is not None and x.answered for x in results))
             check("parallel: desk received 4 calls", desk.calls_received() == 4)
             check("parallel: desk heard ~440 Hz on both legs", all(near_440(a) for a in desk.heard()[-2:]))
+            # what the desk got, per call: caller, seconds of audio, dominant Hz, DTMF keys
+            details["desk_calls"] = [[re.search(r"^From:\s*(.*)$", m, re.M).group(1), round(len(a) / sc.RATE, 2),
+                                      round(sc.dominant_frequency(a)), k]
+                                     for m, a, k in zip(desk.invite_headers(), desk.heard(), desk.dtmf_heard())]
 
-        # 4. the desk hangs up after 2 s and echoes RTP: the caller accepts the BYE and hears itself
+        # 4. the desk rings but nobody picks up: the caller CANCELs after `timeout` s, Asterisk cancels the desk.
+        # (With no desk at all, Asterisk's INVITE to it would be retransmitted for 32 s, to whatever desk starts next.)
+        with sc.Desk(answer=False) as desk:
+            r = timed("call_unanswered_s", sc.place_call, sc.tone(440, 1), extension="200", hangup_after=2, timeout=3)
+            time.sleep(0.3)
+            check("no answer: not answered, CANCEL sent", not r.answered and "\nCANCEL sip:200@" in r.sip_log)
+            check("no answer: the desk rang once, answered none, got the CANCEL",
+                  len(desk.invite_headers()) == 1 and desk.calls_received() == 0 and "\nCANCEL sip:desk@" in desk.sip_log())
+
+        # 5. the desk hangs up after 2 s and echoes RTP: the caller accepts the BYE and hears itself
         with sc.Desk(echo=True, hangup_after=2) as desk:
             r = timed("call_remote_hangup_s", sc.place_call, sc.tone(440, 3), extension="200", timeout=15)
             check("remote hangup: answered, BYE accepted", r.answered and r.remote_hangup and r.returncode == 0)
@@ -88,7 +103,7 @@ def main() -> int:
     finally:
         timed("asterisk_down_s", ast.__exit__, None, None, None)
     timings["total_s"] = round(time.monotonic() - t_start, 2)
-    print(json.dumps({"passed": all(checks.values()), "checks": checks, "timings": timings,
+    print(json.dumps({"passed": all(checks.values()), "checks": checks, "timings": timings, **details,
                       "asterisk_started_here": started_here}, indent=2))
     return 0 if all(checks.values()) else 1
 
