@@ -10,7 +10,7 @@ SIPp's play_pcap_audio; what an end receives is captured by tcpdump on its RTP p
 """
 from __future__ import annotations
 
-import itertools, os, random, re, shutil, signal, socket, struct, subprocess, tempfile, threading, time
+import itertools, os, random, re, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -463,6 +463,51 @@ class Desk:
         """RFC 4733 keys the desk received, one list per call, in invite_headers() order."""
         media = self._decoded()
         return [media.get(cid, (None, []))[1] for cid in self._invites()]
+
+
+class Assistant:
+    """`ivr serve` as a separate process, as a town hall runs it."""
+
+    def __init__(self, data: Path, asterisk: "Asterisk", at: str = "2026-12-01T10:00"):
+        self.data, self.asterisk, self.proc, self.at = Path(data), asterisk, None, at
+        self.log = self.data / "serve.log"
+
+    def start(self) -> "Assistant":
+        env = dict(os.environ, IVR_DATA=str(self.data), IVR_PATHS__MODELS=str(REPO / "data" / "models"),
+                   IVR_PATHS__CORPUS=str(REPO / "corpus"), IVR_PATHS__CACHE=str(REPO / "data" / "cache"))
+        # a fixed time (a weekday morning by default) so transfers do not depend on when tests run
+        self.proc = subprocess.Popen([sys.executable, "-m", "ivr.cli", "serve", "--at", self.at], cwd=REPO, env=env,
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("ivr serve exited: " + self.log.read_text()[-2000:])
+            if self.reachable():
+                return self
+            time.sleep(0.5)
+        raise RuntimeError("the assistant did not register: " + self.log.read_text()[-2000:])
+
+    def reachable(self) -> bool:
+        return any(l.strip().startswith("Contact:") and "assistant/" in l and "Avail" in l
+                   for l in self.asterisk.cli("pjsip show contacts").splitlines())
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    @property
+    def store(self):
+        from ivr.store import Store
+
+        return Store(self.data / "ivr.db")
+
+    def last_calls(self, n: int = 1) -> list[dict]:
+        return [self.store.call(c["id"]) for c in self.store.recent_calls(n)]
 
 
 def tone(freq: float = 440.0, seconds: float = 3.0, amplitude: int = 8000) -> np.ndarray:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,12 +16,11 @@ import pytest
 
 from ivr.audio import rms_dbfs
 from ivr.store import Store
-from tests.conftest import MODELS, ROOT, caller_voice
-from tests.sipcall import Asterisk, Desk, place_call
+from tests.conftest import caller_voice
+from tests.sipcall import Assistant, Asterisk, Desk, place_call
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real calls need root (chroot, tcpdump)")
 RATE = 8000
-OPEN = "2026-12-01T10:00"   # a Tuesday morning: the desk is staffed
 
 
 def speech_at(parts: list[tuple[float, str]], total: float) -> np.ndarray:
@@ -34,48 +31,6 @@ def speech_at(parts: list[tuple[float, str]], total: float) -> np.ndarray:
         i = int(t * RATE)
         out[i:i + len(v)] = v[: len(out) - i]
     return out
-
-
-class Assistant:
-    """`ivr serve` as a separate process, as a town hall runs it."""
-
-    def __init__(self, data: Path, asterisk: Asterisk):
-        self.data, self.asterisk, self.proc = data, asterisk, None
-        self.log = data / "serve.log"
-
-    def start(self) -> "Assistant":
-        env = dict(os.environ, IVR_DATA=str(self.data), IVR_PATHS__MODELS=str(MODELS),
-                   IVR_PATHS__CORPUS=str(ROOT / "corpus"), IVR_PATHS__CACHE=str(ROOT / "data" / "cache"))
-        self.proc = subprocess.Popen([sys.executable, "-m", "ivr.cli", "serve", "--at", OPEN], cwd=ROOT, env=env,
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("ivr serve exited: " + self.log.read_text()[-2000:])
-            if self.reachable():
-                return self
-            time.sleep(0.5)
-        raise RuntimeError("the assistant did not register: " + self.log.read_text()[-2000:])
-
-    def reachable(self) -> bool:
-        return any(l.strip().startswith("Contact:") and "assistant/" in l and "Avail" in l
-                   for l in self.asterisk.cli("pjsip show contacts").splitlines())
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    @property
-    def store(self) -> Store:
-        return Store(self.data / "ivr.db")
-
-    def last_calls(self, n: int = 1) -> list[dict]:
-        return [self.store.call(c["id"]) for c in self.store.recent_calls(n)]
 
 
 @pytest.fixture(scope="module")
