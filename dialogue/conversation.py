@@ -298,7 +298,7 @@ class Conversation:
     def _question(self, text: str) -> Reply:
         words = text.split()
         query = " ".join(words[-60:]) if len(words) > 80 else text  # a long story ends with its question
-        res = self.index.search(query)
+        res = self.index.search(self._without_places(query))
         best = res.best
         if best is None:
             return self._not_understood("empty")
@@ -382,6 +382,22 @@ class Conversation:
             text += " C'était la dernière étape. Avez-vous une autre question ?"
         return self._say(Reply("guide", text, theme=e.theme if e.theme in THEMES else None, entry_id=e.id,
                                confidence=1.0))
+
+    def _without_places(self, text: str) -> str:
+        """Street and place names say where, not what: "rue des Écoles" must not pull towards school
+        enrolment. They are taken out before the search (the report keeps them)."""
+        low = strip_accents(text.lower())
+        for street in self._streets:
+            low = low.replace(street, " ")
+        low = re.sub(r"\b(?:au|a|le|du)?\s*\d+\s*(?:bis|ter)?\s*$", " ", low.strip())
+        return low if len(low.split()) >= 2 else text
+
+    @property
+    def _streets(self) -> list[str]:
+        if not hasattr(self.corpus, "_streets_norm"):
+            self.corpus._streets_norm = sorted({strip_accents(v.lower()) for v in self.corpus.vocabulary},
+                                               key=len, reverse=True)
+        return self.corpus._streets_norm
 
     # --- reports (signalements) ---------------------------------------------------------------------
     def _find_place(self, text: str) -> str:

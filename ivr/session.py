@@ -70,7 +70,7 @@ class CallSession:
         self._after_playback: tuple[str, str] | None = None   # ("transfer"|"hangup", reason)
         self._t = 0.0                       # call clock: seconds of audio received
         self._last_activity = 0.0
-        self._reprompted = False
+        self._limit_hit = False
         self._busy = False                  # a turn is being processed
         self.ended = False
         self.outcome = "abandoned"
@@ -105,7 +105,8 @@ class CallSession:
                 self._last_activity = self._t
                 self._emit("speech-end", t_start=round(ev.t_start, 3), reason=ev.reason)
                 self._submit(self._caller_turn, ev)
-        if self._t >= self._max_s and self._after_playback is None:
+        if self._t >= self._max_s and not self._limit_hit:
+            self._limit_hit = True
             self._submit(self._limit_reached)
         elif (not self._busy and not self._out and not self.segmenter.in_speech and self._after_playback is None
               and self._t - self._last_activity >= self._silence_s):

@@ -15,7 +15,6 @@ import threading
 import time
 import unicodedata
 from urllib.parse import quote
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -45,7 +44,6 @@ class SipServer:
         self.pj = _pj()
         self.commands: queue.Queue = queue.Queue()
         self.calls: dict[int, "object"] = {}
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="turn")
         self.registered = threading.Event()
         self.stopping = threading.Event()
 
@@ -135,7 +133,7 @@ class SipServer:
         self.calls.clear()
         self.account.shutdown()
         del self.account
-        self.executor.shutdown(wait=True)    # call records finish writing
+        time.sleep(0.5)         # sessions finish writing their records
         gc.collect()            # pj objects must go before libDestroy, on this thread
         self.ep.libDestroy()
 
@@ -212,7 +210,7 @@ def _make_call(server: SipServer, account, call_id: int):
                 # the session's callbacks hold the call's number, never the pj object
                 pid = self.getId()
                 self.box.session = CallSession(
-                    server.engines, transport="sip", caller=ci.remoteUri, executor=server.executor,
+                    server.engines, transport="sip", caller=ci.remoteUri,     # one worker per call: turns in order
                     on_transfer=lambda summary: server.commands.put(lambda: server.transfer(pid, summary)),
                     on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)))
                 log.info("call %s answered (%s)", self.session.call_id, ci.remoteUri)

@@ -60,8 +60,11 @@ step "Asterisk (chroot in data/asterisk) and pjsua2"
 scripts/asterisk.sh install
 scripts/asterisk.sh configure
 VENV="$VENV" scripts/build_pjsua2.sh
-command -v sipp >/dev/null || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq sip-tester tcpdump \
-  || die "apt-get install sip-tester tcpdump failed (test caller and capture)"
+# SIPp and tcpdump: the test caller and desk, and what they hear (tests, demo, bench)
+if ! command -v sipp >/dev/null || ! command -v tcpdump >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq sip-tester tcpdump \
+    || die "apt-get install sip-tester tcpdump failed"
+fi
 
 # --- models --------------------------------------------------------------------------------------
 step "Provisioning models"

@@ -204,3 +204,17 @@ def test_ask_batch_reads_one_query_per_line(tmp_path):
     assert lines[0]["theme"] == "dechets" and lines[1]["action"] == "transfer" and lines[2]["action"] == "clarify"
     assert all(l["action"] in ("answer", "clarify", "guide", "signalement", "transfer", "message", "repeat",
                                "goodbye") for l in lines)
+
+
+def test_street_names_do_not_steer_the_search(conv):
+    r = conv().on_text("il y a un lampadaire en panne rue des écoles")
+    assert r.entry_id == "eclairage.signaler_panne" and "rue des Écoles" in r.text
+
+
+def test_chat_in_the_terminal(tmp_path):
+    p = _ivr(["chat", "--at", "2026-12-01T10:00"], tmp_path,
+             stdin="c'est quoi les horaires de la médiathèque\nnon merci\noui\n")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.split("assistant>")[1:]
+    assert "Montclair-sur-Lise" in lines[0]
+    assert "sport_culture_loisirs" in lines[1] and "satisfait" in lines[2] and "Au revoir" in lines[3]
