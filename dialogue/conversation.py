@@ -55,6 +55,7 @@ REPEAT = _rx(r"repete[rz]?", r"repetez", r"redire", r"redites", r"redis", r"pas 
 GOODBYE = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"bonne fin de journee", r"a bientot", r"salut",
               r"c'est tout", r"ce sera tout", r"merci (?:beaucoup|bien|infiniment)", r"^merci$", r"^merci ?madame$",
               r"^merci ?monsieur$")
+FAREWELL = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"a bientot")
 NEXT = _rx(r"suivant\w*", r"la suite", r"ensuite", r"continue[rz]?", r"apres", r"etape d'apres", r"on continue")
 FIRST = _rx(r"(?:le |la )?premier\w*", r"un", r"1", r"le 1", r"l'un")
 SECOND = _rx(r"(?:le |la )?(?:deuxieme|second\w*)", r"deux", r"2", r"le 2", r"l'autre", r"plutot le deuxieme")
@@ -150,6 +151,8 @@ class Conversation:
             return self._not_understood("empty")
         if PERSON.search(raw):
             return self._to_person("demande à parler à un agent")
+        if FAREWELL.search(raw) and len(clean_query(raw).split()) <= 3 and stage != "satisfaction":
+            return self._goodbye()
         if REPEAT.search(raw) and len(raw.split()) <= 6:
             return self._repeat()
         if stage == "satisfaction":

@@ -56,6 +56,7 @@ class SipServer:
         ec.uaConfig.threadCnt = 0
         ec.uaConfig.mainThreadOnly = True
         ec.uaConfig.userAgent = "ivr-mairie"
+        ec.uaConfig.maxCalls = int(self.sip["max_calls"]) + 2   # pjsua's default is 4; we refuse beyond max_calls
         ec.logConfig.level = 1
         ec.logConfig.consoleLevel = 1
         # built without resampling: the conference bridge runs at the telephone rate
@@ -112,9 +113,11 @@ class SipServer:
             call.transfer(summary)
 
     def hangup(self, pid: int) -> None:
+        """A goodbye: transfer to the dialplan's "fin" extension, which hangs up the caller. A plain
+        BYE from us means that the assistant failed, and Asterisk then hands the caller to the desk."""
         call = self.calls.get(pid)
         if call is not None:
-            call.end_now()
+            call.transfer("", target=self.sip["end_uri"])
 
     def shutdown(self) -> None:
         log.info("stopping: %d call(s) in progress", len(self.calls))
@@ -239,17 +242,22 @@ def _make_call(server: SipServer, account, call_id: int):
                 # Asterisk never sends BYE to the transferor: end our own leg
                 self.end_now()
 
-        def transfer(self, summary: str):
+        def transfer(self, summary: str, target: str | None = None):
             if self.done or self.transferring:
                 return
             self.transferring = True
-            # The desk learns why the call came: the Refer-To URI carries the call id and the reason;
-            # Asterisk keeps it in SIPREFERTOHDR and the dialplan copies it into X-Mairie-Appel.
             cid = self.session.call_id if self.session else "-"
-            target = (f"{server.sip['desk_uri']};ivr-call={cid}"
-                      f";ivr-motif={quote(ascii_header(summary, 100), safe='')}")
-            log.info("call %s: transfer to %s", cid, server.sip["desk_uri"])
-            self.xfer(target, pj.CallOpParam(True))
+            if target is None:
+                # The desk learns why the call came: the Refer-To URI carries the call id and the
+                # reason; Asterisk keeps it in SIPREFERTOHDR, the dialplan copies it into X-Mairie-Appel.
+                target = (f"{server.sip['desk_uri']};ivr-call={cid}"
+                          f";ivr-motif={quote(ascii_header(summary, 100), safe='')}")
+            log.info("call %s: transfer to %s", cid, target.split(";")[0])
+            try:
+                self.xfer(target, pj.CallOpParam(True))
+            except pj.Error as exc:
+                log.error("call %s: REFER failed (%s): hanging up", cid, exc.reason)
+                self.end_now()
 
         def end_now(self):
             if self.done:

@@ -170,6 +170,9 @@ fi
 cd "$SRC"
 # The dfsg repack dropped this Windows-only source, but the makefile still lists it.
 [ -f pjmedia/src/pjmedia-audiodev/bdimad_dev.c ] || : >pjmedia/src/pjmedia-audiodev/bdimad_dev.c
+# pjsua takes at most 4 calls unless told otherwise at compile time; the assistant takes up to
+# [sip] max_calls (8 by default) and refuses the rest itself.
+printf '#define PJSUA_MAX_CALLS 32\n' >pjlib/include/pj/config_site.h
 # No devices, video or bundled codecs: the assistant moves 8 kHz PCM frames itself,
 # with the null audio device; the removed codecs are not in the repacked source anyway.
 say "configure (static, -fPIC)"

@@ -123,6 +123,19 @@ def test_a_spoken_report_ends_with_a_stored_ticket_read_back(assistant, engines)
     assert "enregistr" in end or "signalement" in end, end
 
 
+def test_goodbye_ends_the_call_normally_and_keeps_the_satisfaction(assistant):
+    audio = speech_at([(11.0, "Quels sont les horaires de la mairie ?"), (40.0, "Non merci, au revoir."),
+                       (52.0, "Oui.")], 75)
+    with Desk() as desk:
+        r = place_call(audio, timeout=75)
+        time.sleep(1)
+    assert r.answered and r.remote_hangup and r.duration < 70      # the assistant ended the call...
+    assert desk.calls_received() == 0                                # ...without sending it to the desk
+    wait_idle(assistant.store)
+    call = assistant.last_calls()[0]
+    assert call["satisfaction"] == 1 and call["outcome"] == "answered", [t["text"] for t in call["turns"]]
+
+
 def test_caller_hanging_up_mid_answer_leaves_a_complete_record(assistant, pbx):
     audio = speech_at([(11.0, "Comment faire une demande de passeport ?")], 17)
     r = place_call(audio, hangup_after=17)
@@ -159,11 +172,15 @@ def test_four_simultaneous_calls_are_all_answered(assistant):
 
 def test_a_killed_assistant_fails_over_to_the_desk_then_comes_back(assistant):
     a = assistant                      # last test of the module: it kills the shared assistant
-    a.stop(signal.SIGKILL)
+    killer = threading.Timer(8.0, a.stop, args=(signal.SIGKILL,))
     with Desk() as desk:
-        r = place_call(np.zeros(12 * RATE, np.int16), hangup_after=12)
+        killer.start()                 # dies in the middle of the greeting
+        r = place_call(np.zeros(20 * RATE, np.int16), hangup_after=20)
         time.sleep(1)
-    assert r.answered and desk.calls_received() == 1
+        assert r.answered and desk.calls_received() == 1, "a call in progress must reach the desk"
+        r = place_call(np.zeros(8 * RATE, np.int16), hangup_after=8)
+        time.sleep(1)
+    assert r.answered and desk.calls_received() == 2, "the next call too"
     a.start()
     r = place_call(np.zeros(10 * RATE, np.int16), hangup_after=10)
     assert r.answered and rms_dbfs(r.heard[: 6 * RATE]) > -40          # the assistant greets again
