@@ -125,11 +125,11 @@ def test_a_spoken_report_ends_with_a_stored_ticket_read_back(assistant, engines)
 
 def test_goodbye_ends_the_call_normally_and_keeps_the_satisfaction(assistant):
     audio = speech_at([(11.0, "Quels sont les horaires de la mairie ?"), (40.0, "Non merci, au revoir."),
-                       (52.0, "Oui.")], 75)
+                       (56.0, "Oui, tout à fait.")], 80)
     with Desk() as desk:
-        r = place_call(audio, timeout=75)
+        r = place_call(audio, timeout=80)
         time.sleep(1)
-    assert r.answered and r.remote_hangup and r.duration < 70      # the assistant ended the call...
+    assert r.answered and r.remote_hangup and r.duration < 75      # the assistant ended the call...
     assert desk.calls_received() == 0                                # ...without sending it to the desk
     wait_idle(assistant.store)
     call = assistant.last_calls()[0]
