@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from ivr.audio import iter_frames, phone_line, read_audio
-from ivr.metrics import edit_distance, wer, words_for_scoring
+from ivr.metrics import edit_distance, words_for_scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 SOUNDS_TSV = ROOT / "scripts" / "data" / "core_sounds_fr.tsv"

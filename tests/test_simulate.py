@@ -9,7 +9,7 @@ import pytest
 from ivr.audio import read_audio, rms_dbfs, write_wav
 from ivr.simulate import run_session_on_audio
 from ivr.store import Store
-from tests.conftest import ROOT, caller_voice, make_cfg, with_silence, wer
+from tests.conftest import ROOT, caller_voice, with_silence
 
 IVR = [sys.executable, "-m", "ivr.cli"]
 
