@@ -390,26 +390,19 @@ class Conversation:
         """Street and place names say where, not what: "rue des Écoles" must not pull towards school
         enrolment. They are taken out before the search (the report keeps them)."""
         low = strip_accents(text.lower())
-        for street in self._streets:
+        for street in self.corpus.streets_norm:
             low = low.replace(street, " ")
         low = re.sub(r"\b(?:au|a|le|du)?\s*\d+\s*(?:bis|ter)?\s*$", " ", low.strip())
         return low if len(low.split()) >= 2 else text
 
-    @property
-    def _streets(self) -> list[str]:
-        if not hasattr(self.corpus, "_streets_norm"):
-            self.corpus._streets_norm = sorted({strip_accents(v.lower()) for v in self.corpus.vocabulary},
-                                               key=len, reverse=True)
-        return self.corpus._streets_norm
-
     # --- reports (signalements) ---------------------------------------------------------------------
     def _find_place(self, text: str) -> str:
-        low = text.lower()
-        for street in sorted(self.corpus.vocabulary, key=len, reverse=True):
-            if strip_accents(street.lower()) in strip_accents(low):
-                m = re.search(r"(\d+)\s*(?:bis|ter)?\s*,?\s*" + re.escape(street.lower().split()[0]),
-                              strip_accents(low))
-                return f"{m.group(1)} {street}" if m else street
+        low = strip_accents(text.lower())
+        originals = {strip_accents(v.lower()): v for v in self.corpus.vocabulary}
+        for street in self.corpus.streets_norm:
+            if street in low:
+                m = re.search(r"(\d+)\s*(?:bis|ter)?\s*,?\s*" + re.escape(street.split()[0]), low)
+                return f"{m.group(1)} {originals[street]}" if m else originals[street]
         m = PLACE_RE.search(text)
         return m.group(0).strip(" ,.") if m else ""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,6 +218,12 @@ class Corpus:
 
     def __post_init__(self):
         self._index = {e.id: e for e in self.entries}
+        # street names, lowercase without accents, longest first (matched inside callers' words)
+        self.streets_norm = sorted({_fold(v) for v in self.vocabulary}, key=len, reverse=True)
+
+
+def _fold(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
 
 
 def _sentences(text: str) -> int:
