@@ -368,13 +368,16 @@ def bench_vad(cfg, snr, sounds):
 
 
 @bench.command("tts")
-@click.option("-n", "n", type=int, default=20, help="Number of answers to speak.")
+@click.option("-n", "n", type=int, default=20, help="Number of knowledge-base answers to speak.")
+@click.option("--limit", type=int, default=None, help="Only the first N recorded prompts.")
+@click.option("--sounds", type=click.Path(file_okay=False), default="data/sounds/fr")
 @click.pass_obj
-def bench_tts(cfg, n):
-    """Time to first audio, real-time factor and intelligibility (ASR on the 8 kHz output)."""
+def bench_tts(cfg, n, limit, sounds):
+    """Time to first audio, real-time factor and intelligibility (ASR on the 8 kHz output),
+    next to the same judge's score on a human speaker reading the same prompts."""
     from ivr.bench import bench_tts as run
 
-    _print(run(cfg, n))
+    _print(run(cfg, Path(sounds), n, limit))
 
 
 def main():

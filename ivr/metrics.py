@@ -30,3 +30,35 @@ def edit_distance(r: list[str], h: list[str]) -> int:
 def wer(ref: str, hyp: str) -> float:
     r = words_for_scoring(ref)
     return edit_distance(r, words_for_scoring(hyp)) / max(1, len(r))
+
+
+_IPA: dict[str, str] = {}
+
+
+def sounds_like(words: list[str]) -> list[str]:
+    """Each word as espeak-ng French IPA, so that homophones ("allumés"/"allumées") compare equal.
+
+    Words are sent one per clause so that no liaison leaks from one word into the next."""
+    import shutil
+    import subprocess
+
+    todo = sorted({w for w in words if w not in _IPA})
+    if todo:
+        if not shutil.which("espeak-ng"):
+            raise RuntimeError("espeak-ng est introuvable : lancez scripts/setup.sh")
+        out = subprocess.run(["espeak-ng", "-v", "fr", "-q", "--ipa"], input="".join(w + ".\n" for w in todo),
+                             capture_output=True, text=True, check=True).stdout
+        ipa = [line.strip().replace("ˈ", "").replace("ˌ", "").rstrip("-") for line in out.splitlines() if line.strip()]
+        if len(ipa) != len(todo):                          # a word espeak split or merged: one call each
+            ipa = [subprocess.run(["espeak-ng", "-v", "fr", "-q", "--ipa", w], capture_output=True, text=True,
+                                  check=True).stdout.strip().replace("ˈ", "").replace("ˌ", "").rstrip("-") for w in todo]
+        _IPA.update(zip(todo, ipa))
+    return [_IPA[w] for w in words]
+
+
+def errors(ref: str, hyp: str, homophones: bool = False) -> tuple[int, int]:
+    """(word errors, reference words); homophones=True counts a word heard as its homophone as right."""
+    r, h = words_for_scoring(ref), words_for_scoring(hyp)
+    if homophones:
+        r, h = sounds_like(r), sounds_like(h)
+    return edit_distance(r, h), len(r)

@@ -69,3 +69,24 @@ def test_unknown_engine_or_missing_voice_is_a_clear_error(tmp_path):
         make_synthesizer({"engine": "festival"}, tmp_path)
     with pytest.raises(TTSError, match="introuvable"):
         make_synthesizer({"engine": "piper", "piper_voice": "fr_FR-siwis-medium"}, tmp_path)
+
+
+def test_homophones_can_be_scored_as_heard():
+    from ivr.metrics import errors
+
+    ref = "Les guirlandes restent allumées, appelez la mairie."
+    assert errors(ref, "Les guirlandes restent allumés, appelé la mairie.") == (2, 7)
+    assert errors(ref, "Les guirlandes restent allumés, appelé la mairie.", homophones=True) == (0, 7)
+    assert errors(ref, "Les guirlandes restent allumés, appelé l'Amérique.", homophones=True)[0] == 2
+
+
+def test_tts_benchmark_reports_voice_next_to_human_speaker(cfg):
+    from ivr.bench import bench_tts
+    from tests.conftest import SOUNDS
+
+    out = bench_tts(cfg, SOUNDS, n=2, limit=3)
+    for key in ("answers", "prompts", "prompts_human_speaker"):
+        s = out[key]
+        assert s["words"] > 10 and 0.0 <= s["wer_homophones_as_right"] <= s["wer"] < 0.6, (key, s)
+    assert out["prompts"]["texts"] == out["prompts_human_speaker"]["texts"] == 3
+    assert out["first_audio_ms_median"] > 0 and out["engine"].startswith("pico")
