@@ -64,11 +64,21 @@ def test_piper_code_path_with_the_packaged_voice():
     assert synth.native_rate == 22050 and len(pcm) / 16000 > 1.0 and rms_dbfs(pcm) > -35
 
 
+def test_espeak_mbrola_option_speaks_french(engines, tmp_path):
+    synth = make_synthesizer({"engine": "espeak", "espeak_voice": "mb-fr1", "speed_percent": 90}, tmp_path)
+    text = "La mairie est ouverte le samedi matin."
+    pcm = Speaker(synth, 8000).say(text)
+    assert synth.name == "espeak-mb-fr1-90" and rms_dbfs(pcm) > -35
+    assert wer(text, engines.transcriber.transcribe(pcm, 8000).text) < 0.35
+
+
 def test_unknown_engine_or_missing_voice_is_a_clear_error(tmp_path):
     with pytest.raises(TTSError, match="inconnu"):
         make_synthesizer({"engine": "festival"}, tmp_path)
     with pytest.raises(TTSError, match="introuvable"):
         make_synthesizer({"engine": "piper", "piper_voice": "fr_FR-siwis-medium"}, tmp_path)
+    with pytest.raises(TTSError, match="indisponible"):
+        make_synthesizer({"engine": "espeak", "espeak_voice": "mb-xx9"}, tmp_path)
 
 
 def test_homophones_can_be_scored_as_heard():

@@ -69,6 +69,33 @@ class PicoSynthesizer(Synthesizer):
             out.unlink(missing_ok=True)
 
 
+class EspeakSynthesizer(Synthesizer):
+    """espeak-ng, best with an MBROLA voice (mb-fr1 ... mb-fr7, Debian mbrola-frN): a second offline
+    French option, measured less intelligible than Pico (README, TTS benchmark)."""
+
+    def __init__(self, voice: str = "mb-fr1", speed: int = 100):
+        self.binary = shutil.which("espeak-ng")
+        if not self.binary:
+            raise TTSError("espeak-ng est introuvable : lancez scripts/setup.sh")
+        self.voice, self.wpm = voice, str(round(160 * speed / 100))
+        self.name = f"espeak-{voice}-{speed}"
+        probe = subprocess.run([self.binary, "-v", voice, "-q", "x"], capture_output=True, text=True)
+        if probe.returncode != 0 or probe.stderr.strip():
+            raise TTSError(f"voix espeak-ng {voice!r} indisponible : {probe.stderr.strip()} "
+                           "(voix MBROLA : paquet Debian mbrola-frN)")
+        self.native_rate = 16000
+
+    def synth(self, text: str) -> np.ndarray:
+        proc = subprocess.run([self.binary, "-v", self.voice, "-s", self.wpm, "--stdout", text],
+                              capture_output=True, timeout=30)
+        if proc.returncode != 0 or not proc.stdout:
+            raise TTSError(f"espeak-ng a échoué : {proc.stderr.decode(errors='replace').strip() or proc.returncode}")
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            f.write(proc.stdout)
+            f.flush()
+            return read_audio(f.name, self.native_rate)[0]
+
+
 @functools.lru_cache(maxsize=4)
 def _piper_voice(model_path: str):
     from piper import PiperVoice
@@ -115,7 +142,9 @@ def make_synthesizer(tts_cfg: dict, models_dir: Path) -> Synthesizer:
         if not path.exists():
             path = Path(models_dir) / "piper" / f"{voice}.onnx"
         return PiperSynthesizer(path, int(tts_cfg.get("piper_speaker", 0)))
-    raise TTSError(f"moteur de synthèse inconnu : {engine!r} (pico ou piper)")
+    if engine == "espeak":
+        return EspeakSynthesizer(str(tts_cfg.get("espeak_voice", "mb-fr1")), int(tts_cfg.get("speed_percent", 100)))
+    raise TTSError(f"moteur de synthèse inconnu : {engine!r} (pico, piper ou espeak)")
 
 
 @dataclass
