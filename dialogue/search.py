@@ -120,7 +120,7 @@ class FaqIndex:
     embeddings + n-grams) to 94 %, and the probability separates off-topic queries far better.
     """
 
-    VERSION = 5
+    VERSION = 6
     C = 20.0              # inverse regularisation of the classifier
 
     def __init__(self, corpus: Corpus, embedder: Embedder):
@@ -164,11 +164,21 @@ class FaqIndex:
 
     _STATE = ("q_vecs", "q_owner", "char", "word", "clf")
 
+    @staticmethod
+    def training_key(corpus: Corpus) -> str:
+        """What the index learns from (ids, questions, labels, off-topic phrases): an edit to answers or
+        to the commune's facts reuses the saved index instead of rebuilding it."""
+        import hashlib
+        import json
+
+        data = [[e.id, e.questions, e.label] for e in corpus.entries] + [corpus.off_topic]
+        return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode()).hexdigest()[:16]
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{id(self)}.tmp")
         with open(tmp, "wb") as fh:
-            pickle.dump({"version": self.VERSION, "fingerprint": self.corpus.fingerprint,
+            pickle.dump({"version": self.VERSION, "key": self.training_key(self.corpus),
                          "embedder": self.embedder.name, "ids": [e.id for e in self.entries],
                          **{k: getattr(self, k) for k in self._STATE}}, fh)
         tmp.replace(path)
@@ -181,7 +191,7 @@ class FaqIndex:
                 d = pickle.load(fh)
         except Exception:
             return False
-        if (d.get("version") != self.VERSION or d.get("fingerprint") != self.corpus.fingerprint
+        if (d.get("version") != self.VERSION or d.get("key") != self.training_key(self.corpus)
                 or d.get("embedder") != self.embedder.name or d.get("ids") != [e.id for e in self.entries]):
             return False
         for k in self._STATE:
@@ -190,7 +200,7 @@ class FaqIndex:
 
     @staticmethod
     def path_for(cache_dir: Path, corpus: Corpus, embedder: Embedder) -> Path:
-        return Path(cache_dir) / "index" / f"faq-{corpus.fingerprint}-{embedder.name}.pkl"
+        return Path(cache_dir) / "index" / f"faq-{FaqIndex.training_key(corpus)}-{embedder.name}.pkl"
 
     def search(self, query: str, k: int = 5) -> SearchResult:
         q = clean_query(query)

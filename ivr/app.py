@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 
 from ivr.config import Config
 
@@ -31,6 +33,62 @@ def build_dialogue(cfg: Config, today: dt.date | None = None, progress=None):
     return corpus, index
 
 
+class Knowledge:
+    """The corpus and its index as a long-running service sees them: re-rendered when the day changes
+    (events, works, closures are relative to today) and reloaded when an admin edits the corpus. The
+    new version is built in the background while calls go on with the old one; an edit that does not
+    load is logged and the previous version keeps serving."""
+
+    def __init__(self, cfg: Config, clock=None, check_every_s: float = 30.0, on_reload=None):
+        from dialogue.corpus import fingerprint
+
+        self.cfg, self.check_every_s, self.on_reload = cfg, check_every_s, on_reload
+        self.clock = clock or dt.datetime.now
+        self._fingerprint = lambda: fingerprint(cfg.corpus_dir)
+        self._key = (self.clock().date(), self._fingerprint())
+        self.corpus, self.index = build_dialogue(cfg, self._key[0])
+        self.error: str | None = None           # why the latest edit was refused, until a good one
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+
+    def current(self):
+        """(corpus, index) for a new call; starts a reload in the background when one is due."""
+        if time.monotonic() - self._checked >= self.check_every_s:
+            self.refresh()
+        return self.corpus, self.index
+
+    def refresh(self, wait: bool = False) -> None:
+        with self._lock:
+            self._checked = time.monotonic()
+            key = (self.clock().date(), self._fingerprint())
+            if key == self._key or (self._worker and self._worker.is_alive()):
+                return
+            self._key = key                     # a refused edit is not retried until the files change again
+            self._worker = threading.Thread(target=self._reload, args=(key,), name="corpus-reload", daemon=True)
+            self._worker.start()
+        if wait:
+            self._worker.join()
+
+    def _reload(self, key) -> None:
+        from dialogue.corpus import CorpusError
+
+        try:
+            corpus, index = build_dialogue(self.cfg, key[0])
+        except CorpusError as e:
+            self.error = str(e)
+            log.error("corpus edit refused, the previous version keeps answering: %s", e)
+            return
+        except Exception:
+            self.error = "erreur inattendue au rechargement (voir le journal)"
+            log.exception("corpus reload failed, the previous version keeps answering")
+            return
+        self.corpus, self.index, self.error = corpus, index, None
+        log.info("corpus reloaded for %s: %d entries", key[0].isoformat(), len(corpus.entries))
+        if self.on_reload:
+            self.on_reload(corpus)
+
+
 def asr_prompt(corpus) -> str:
     """Domain hint for Whisper: the commune's name and a few words callers use."""
     words = ["mairie", "état civil", "carte d'identité", "passeport", "urbanisme", "déchetterie",
@@ -46,14 +104,17 @@ def build_engines(cfg: Config, store=None, clock=None):
     from tts.synthesizer import Speaker, make_synthesizer
 
     store = store or Store(cfg.db_path)
-    corpus, index = build_dialogue(cfg)
-    transcriber = Transcriber(cfg["asr"], cfg.models_dir, prompt=asr_prompt(corpus))
+    knowledge = Knowledge(cfg, clock)
+    transcriber = Transcriber(cfg["asr"], cfg.models_dir, prompt=asr_prompt(knowledge.corpus))
+    knowledge.on_reload = lambda corpus: setattr(transcriber, "prompt", asr_prompt(corpus) if transcriber.prompt else "")
     synth = make_synthesizer(cfg["tts"], cfg.models_dir)
     speaker = Speaker(synth, int(cfg["audio"]["sample_rate"]),
-                      cache_dir=cfg.cache_dir / "tts" if cfg["tts"]["cache"] else None)
+                      cache_dir=cfg.cache_dir / "tts" if cfg["tts"]["cache"] else None,
+                      emphasis=float(cfg["tts"].get("emphasis", 0.0)))
 
     def new_conversation(call_id=None):
+        corpus, index = knowledge.current()
         return Conversation(corpus, index, cfg["dialogue"], store=store, call_id=call_id, clock=clock)
 
     return Engines(cfg=cfg, transcriber=transcriber, speaker=speaker, new_conversation=new_conversation,
-                   store=store, recordings_dir=cfg.data_dir / "recordings")
+                   store=store, recordings_dir=cfg.data_dir / "recordings", knowledge=knowledge)

@@ -154,7 +154,7 @@ def bench_tts(cfg, sounds_dir: Path, n: int = 20, limit: int | None = None) -> d
     answers = [e.answer for e in corpus.entries[:: max(1, len(corpus.entries) // n)]][:n]
     prompts = load_recordings(sounds_dir, limit)
     synth = make_synthesizer(cfg["tts"], cfg.models_dir)
-    speaker = Speaker(synth, 8000)            # no cache: measure synthesis itself
+    speaker = Speaker(synth, 8000, emphasis=float(cfg["tts"].get("emphasis", 0.0)))   # no cache: measure synthesis
     judge = Transcriber(cfg["asr"], cfg.models_dir)
     first, rtf = [], []
 
@@ -184,7 +184,7 @@ def bench_tts(cfg, sounds_dir: Path, n: int = 20, limit: int | None = None) -> d
                 "wer_homophones_as_right": round(tot["homophone_errors"] / max(1, tot["words"]), 4),
                 "worst": [{"wer": round(w, 2), "ref": r, "hyp": h} for w, r, h in worst[:3]]}
 
-    result = {"benchmark": "tts", "engine": synth.name, "rate": 8000, "line": "8 kHz G.711 mu-law",
+    result = {"benchmark": "tts", "engine": synth.name, "emphasis": speaker.emphasis, "rate": 8000, "line": "8 kHz G.711 mu-law",
               "judge": f"{cfg['asr']['model']} beam {cfg['asr']['beam_size']}, no prompt"}
     result["answers"] = score((t, speak(t)) for t in answers)
     result["prompts"] = score((t, speak(t)) for _, t in prompts)

@@ -34,6 +34,7 @@ class Engines:
     new_conversation: Callable      # () -> dialogue Conversation
     store: object                  # ivr.store.Store
     recordings_dir: Path | None = None
+    knowledge: object = None       # ivr.app.Knowledge: the corpus as it is today
 
 
 @dataclass

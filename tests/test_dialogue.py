@@ -218,3 +218,38 @@ def test_chat_in_the_terminal(tmp_path):
     lines = p.stdout.split("assistant>")[1:]
     assert "Montclair-sur-Lise" in lines[0]
     assert "sport_culture_loisirs" in lines[1] and "satisfait" in lines[2] and "Au revoir" in lines[3]
+
+
+def test_running_service_follows_the_day_and_admin_edits(tmp_path, caplog):
+    """A server runs for weeks: events move on with the date, an answer fixed by an admin is served
+    without a restart, and an edit that does not load leaves the previous version answering."""
+    import datetime as dt
+    import shutil
+
+    from ivr.app import Knowledge
+
+    corpus_dir = tmp_path / "corpus"
+    shutil.copytree(ROOT / "corpus", corpus_dir, ignore=shutil.ignore_patterns("devset"))
+    cfg = make_cfg(tmp_path, IVR_PATHS__CORPUS=corpus_dir)
+    now = [dt.datetime(2026, 12, 1, 10, 0)]
+    k = Knowledge(cfg, clock=lambda: now[0], check_every_s=0)
+    events = lambda: k.current()[0].by_id("vie_locale.agenda_evenements").answer   # noqa: E731
+    assert "marché de Noël" in events()
+
+    now[0] = dt.datetime(2026, 12, 6, 9, 0)          # the Christmas market was yesterday
+    k.refresh(wait=True)
+    assert "marché de Noël" not in events() and "concert de Noël" in events()
+
+    faq = corpus_dir / "faq" / "etat_civil.yaml"
+    good = faq.read_text(encoding="utf-8")
+    entry = k.corpus.by_id("etat_civil.acte_naissance")
+    at = good.index("answer: >-\n", good.index(f"id: {entry.id}\n")) + len("answer: >-\n")
+    faq.write_text(good[:at] + "      Réponse corrigée par la mairie : " + good[at:], encoding="utf-8")
+    k.refresh(wait=True)
+    assert k.current()[0].by_id(entry.id).answer.startswith("Réponse corrigée par la mairie")
+    assert k.current()[1].search(entry.questions[0]).best.entry.id == entry.id     # same index, reused
+
+    faq.write_text(good + "\n  - id: etat_civil.casse\n    answer: {{ champ_inconnu }}\n", encoding="utf-8")
+    k.refresh(wait=True)
+    assert k.error and "Réponse corrigée" in k.current()[0].by_id(entry.id).answer
+    assert "previous version keeps answering" in caplog.text
