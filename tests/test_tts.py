@@ -100,3 +100,15 @@ def test_tts_benchmark_reports_voice_next_to_human_speaker(cfg):
         assert s["words"] > 10 and 0.0 <= s["wer_homophones_as_right"] <= s["wer"] < 0.6, (key, s)
     assert out["prompts"]["texts"] == out["prompts_human_speaker"]["texts"] == 3
     assert out["first_audio_ms_median"] > 0 and out["engine"].startswith("pico")
+
+
+def test_pre_emphasis_brightens_without_changing_the_peak():
+    from tts.synthesizer import pre_emphasis
+
+    t = np.arange(16000) / 16000
+    x = (8000 * np.sin(2 * np.pi * 200 * t) + 2000 * np.sin(2 * np.pi * 3000 * t)).astype(np.int16)
+    y = pre_emphasis(x, 0.8)
+    band = lambda s, f: np.abs(np.fft.rfft(s.astype(np.float64)))[f]   # noqa: E731 (1 Hz bins)
+    assert y.dtype == np.int16 and abs(int(np.abs(y).max()) - int(np.abs(x).max())) <= 1
+    assert band(y, 3000) / band(y, 200) > 4 * band(x, 3000) / band(x, 200)
+    assert pre_emphasis(x, 0.0) is x
