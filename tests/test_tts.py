@@ -12,6 +12,8 @@ from tts.synthesizer import PicoSynthesizer, PiperSynthesizer, Speaker, TTSError
     ("Ouvert de 9h30 à 12h", "Ouvert de neuf heures trente à douze heures"),
     ("à 8 h 05", "à huit heures cinq"),
     ("Appelez le 01 99 47 20 00.", "Appelez le zéro un, quatre-vingt-dix-neuf, quarante-sept, vingt, zéro zéro."),
+    ("au 01-99-47-20-15", "au zéro un, quatre-vingt-dix-neuf, quarante-sept, vingt, quinze"),
+    ("au +33 1 99 47 20 15", "au plus trente-trois, un, quatre-vingt-dix-neuf, quarante-sept, vingt, quinze"),
     ("le 2026-12-05", "le cinq décembre deux mille vingt-six"),
     ("le 1/12", "le premier décembre"),
     ("Le timbre coûte 86 €.", "Le timbre coûte quatre-vingt-six euros."),

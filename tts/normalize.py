@@ -65,8 +65,12 @@ def _time(m: re.Match) -> str:
 
 
 def _phone(m: re.Match) -> str:
-    pairs = re.findall(r"\d\d", re.sub(r"\D", "", m.group(0)))
+    digits = re.sub(r"\D", "", m.group(0))
     out = []
+    if m.group(0).startswith("+"):               # +33 1 99 ...: "plus trente-trois, un, ..."
+        out = ["plus trente-trois", _DIGITS[int(digits[2])]]
+        digits = digits[3:]
+    pairs = re.findall(r"\d\d", digits)
     for p in pairs:
         out.append(f"zéro {_DIGITS[int(p[1])]}" if p[0] == "0" else words(int(p)))
     return ", ".join(out)
@@ -111,7 +115,7 @@ def normalize(text: str) -> str:
     t = re.sub(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b", _address, t)
     t = re.sub(r"\b(?:www\.)?[\w-]+(?:\.[\w-]+)*\.(?:fr|com|org|net|eu|gouv\.fr)\b", _address, t)
     t = re.sub(r"\bSIG-(\d{4})-(\d{6})\b", _ticket, t)
-    t = re.sub(r"(?<!\d)(?:\+33\s?|0)\d(?:[ .]?\d\d){4}(?!\d)", _phone, t)
+    t = re.sub(r"(?<![\d-])(?:\+33\s?|0)\d(?:([ .-]?)\d\d(?:\1\d\d){3})(?![\d-])", _phone, t)
     t = re.sub(r"\b(\d{4})-(\d{2})-(\d{2})\b", _date_iso, t)
     t = re.sub(r"\b(\d{1,2})/(\d{1,2})(?:/(\d{4}))?\b", _date_fr, t)
     t = re.sub(r"\b(\d{1,3}(?:[ \u202f]\d{3})*|\d+)(?:[,.](\d{1,2}))?\s?(?:€|euros?\b)", _euros, t)
