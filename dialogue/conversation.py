@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from dialogue.corpus import THEMES, Corpus
+from dialogue.corpus import THEMES, WEEKDAYS, Corpus
 from dialogue.search import FaqIndex, clean_query, strip_accents
 
 ACTIONS = ("answer", "clarify", "guide", "signalement", "transfer", "message", "repeat", "goodbye")
@@ -55,6 +55,8 @@ REPEAT = _rx(r"repete[rz]?", r"repetez", r"redire", r"redites", r"redis", r"pas 
 GOODBYE = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"bonne fin de journee", r"a bientot", r"salut",
               r"c'est tout", r"ce sera tout", r"merci (?:beaucoup|bien|infiniment)", r"^merci$", r"^merci ?madame$",
               r"^merci ?monsieur$")
+DAY = _rx(r"lundi", r"mardi", r"mercredi", r"jeudi", r"vendredi", r"samedi", r"dimanche", r"aujourd'? ?hui",
+          r"apres[- ]demain", r"demain", r"ce soir", r"ce matin", r"cet apres[- ]midi", r"ce midi")
 FAREWELL = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"a bientot")
 NEXT = _rx(r"suivant\w*", r"la suite", r"ensuite", r"continue[rz]?", r"apres", r"etape d'apres", r"on continue")
 FIRST = _rx(r"(?:le |la )?premier\w*", r"un", r"1", r"le 1", r"l'un")
@@ -104,6 +106,7 @@ class State:
     answered: int = 0
     digits: str = ""                        # keys typed for a phone number
     history: list[str] = field(default_factory=list)
+    asked: str = ""                         # the last question searched (a day named in it matters)
 
 
 class Conversation:
@@ -191,6 +194,10 @@ class Conversation:
                 return self._say(Reply("answer", "Je vous écoute."))
         if GOODBYE.search(raw) and len(clean_query(raw).split()) <= 2:
             return self._goodbye()
+        if stage == "after_answer" and self.s.entry_id and DAY.search(raw) and len(clean_query(raw).split()) <= 4:
+            e = self.corpus.by_id(self.s.entry_id)
+            if e and e.hours_of:                  # "et le samedi ?" after a timetable
+                return self._answer_entry(e.id, 1.0, asked=raw, day_only=True)
         if self._looks_english(raw):
             return self._say(Reply("transfer" if self._open() else "message",
                                    "Ce service fonctionne uniquement en français. For English, please press 0. "
@@ -301,6 +308,7 @@ class Conversation:
     def _question(self, text: str) -> Reply:
         words = text.split()
         query = " ".join(words[-60:]) if len(words) > 80 else text  # a long story ends with its question
+        self.s.asked = query
         res = self.index.search(self._without_places(query))
         best = res.best
         if best is None:
@@ -334,7 +342,24 @@ class Conversation:
         self.s.stage = "main"
         return None
 
-    def _answer_entry(self, entry_id: str, conf: float) -> Reply:
+    def _day_asked(self, text: str) -> dt.date | None:
+        m = DAY.search(_n(text))
+        if not m:
+            return None
+        word, today = m.group(0).strip(), self.clock().date()
+        if word in WEEKDAYS:
+            return today + dt.timedelta(days=(WEEKDAYS.index(word) - today.weekday()) % 7)
+        return today + dt.timedelta(days=2 if word.startswith("apres") else 1 if word == "demain" else 0)
+
+    def _hours_answer(self, e, asked: str, day_only: bool) -> str:
+        """The entry's answer, or for a named day the hours of that very date (closures included)."""
+        day = self._day_asked(asked) if e.hours_of else None
+        if day is None:
+            return e.answer
+        said = self.commune.day_hours_sentence(day, e.hours_of, self.clock().date())
+        return said if day_only or "horaires" in e.id else f"{e.answer} {said}"
+
+    def _answer_entry(self, entry_id: str, conf: float, asked: str | None = None, day_only: bool = False) -> Reply:
         e = self.corpus.by_id(entry_id)
         self.s.misunderstandings = 0
         self.s.candidates = []
@@ -363,12 +388,13 @@ class Conversation:
             return self._say(Reply("answer", f"{e.answer} Avez-vous une autre question ?", theme=None,
                                    entry_id=e.id, confidence=conf))
         self.s.answered += 1
-        if e.steps:
+        answer = self._hours_answer(e, self.s.asked if asked is None else asked, day_only)
+        if e.steps and not day_only:
             self.s.stage = "guide_offer"
-            return self._say(Reply("answer", f"{e.answer} Voulez-vous que je vous guide étape par étape ?",
+            return self._say(Reply("answer", f"{answer} Voulez-vous que je vous guide étape par étape ?",
                                    theme=theme, entry_id=e.id, confidence=conf))
         self.s.stage = "after_answer"
-        return self._say(Reply("answer", f"{e.answer} Avez-vous une autre question ?", theme=theme,
+        return self._say(Reply("answer", f"{answer} Avez-vous une autre question ?", theme=theme,
                                entry_id=e.id, confidence=conf))
 
     def _guide_step(self) -> Reply:

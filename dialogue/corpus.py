@@ -53,6 +53,7 @@ class Entry:
     source: str = "commune"
     reviewed: str = ""
     label: str = ""
+    hours_of: str = ""        # service whose timetable this entry gives: a caller may ask for one day
 
     @property
     def spoken_label(self) -> str:
@@ -121,8 +122,45 @@ class Commune:
     def services_context(self) -> dict:
         out = {}
         for sid, s in self.data.get("services", {}).items():
-            out[sid] = dict(s, horaires=spoken_hours(s.get("horaires") or {}))
+            out[sid] = dict(s, horaires=self.hours_for_phone(sid))
         return out
+
+    def hours_for_phone(self, service: str) -> str:
+        """The week when it is short to say; otherwise today and tomorrow, and how to ask for another
+        day (a week of split opening hours takes half a minute to hear)."""
+        hours = (self.data.get("services", {}).get(service) or {}).get("horaires") or {}
+        week = spoken_hours(hours)
+        if week.count(", ") < 3:
+            return week
+        parts, said = [], set()
+        for k, word in ((0, "aujourd'hui"), (1, "demain")):
+            day = self.today + dt.timedelta(days=k)
+            slots = self.slots_on(day, service)
+            when = f"{word} {WEEKDAYS[day.weekday()]}"
+            said.add(WEEKDAYS[day.weekday()])
+            parts.append(f"{when} {_spoken_time_slots(slots)}" if slots else f"pas d'ouverture {when}")
+        example = next(d for d in ("samedi", "mercredi", "lundi") if d not in said)
+        return f"{parts[0]}, et {parts[1]} ; pour un autre jour, dites-le-moi, par exemple : le {example}"
+
+    def exception_on(self, day: dt.date, service: str) -> dict | None:
+        for f in self.data.get("fermetures", []):
+            if _as_date(f["date"]) == day and service in f.get("services", [service]):
+                return f
+        return None
+
+    def day_hours_sentence(self, day: dt.date, service: str, today: dt.date) -> str:
+        """'Le samedi 5 décembre, la piscine municipale vous reçoit de 10 h à 12 h 30.' (exceptions said)."""
+        nom = (self.data.get("services", {}).get(service) or {}).get("nom", service)
+        when = {0: "aujourd'hui", 1: "demain"}.get((day - today).days)
+        when = f"{when} {WEEKDAYS[day.weekday()]}" if when else spoken_date(day)
+        slots = self.slots_on(day, service)
+        said = f"{when}, {nom} " + (f"vous reçoit {_spoken_time_slots(slots)}." if slots
+                                      else "ne reçoit pas de public.")
+        exc = self.exception_on(day, service)
+        if exc:
+            kind = "Fermeture exceptionnelle" if exc.get("ferme") else "Horaires exceptionnels"
+            return f"{kind}, {exc.get('motif', '')} : {said}".replace(",  :", " :")
+        return said[:1].upper() + said[1:]
 
     def prochains_evenements(self, n: int = 3) -> str:
         evs = sorted((e for e in self.data.get("evenements", []) if _as_date(e["date"]) >= self.today),
@@ -174,11 +212,9 @@ class Commune:
 
     # opening of the main desk, used to decide between a transfer and a message
     def slots_on(self, day: dt.date, service: str = "accueil") -> list[tuple[dt.time, dt.time]]:
-        for f in self.data.get("fermetures", []):
-            if _as_date(f["date"]) == day and service in f.get("services", [service]):
-                if f.get("ferme"):
-                    return []
-                return [_parse_slot(s) for s in f.get("horaires", [])]
+        f = self.exception_on(day, service)
+        if f:
+            return [] if f.get("ferme") else [_parse_slot(s) for s in f.get("horaires", [])]
         hours = (self.data.get("services", {}).get(service) or {}).get("horaires") or {}
         return [_parse_slot(s) for s in hours.get(WEEKDAYS[day.weekday()], [])]
 
@@ -198,6 +234,10 @@ class Commune:
                     return f"demain à {t}"
                 return f"{spoken_date(day)} à {t}"
         return "prochainement"
+
+
+def _spoken_time_slots(slots: list[tuple[dt.time, dt.time]]) -> str:
+    return spoken_slots([f"{a:%H:%M}-{b:%H:%M}" for a, b in slots])
 
 
 def _parse_slot(s: str) -> tuple[dt.time, dt.time]:
@@ -228,6 +268,14 @@ def _fold(text: str) -> str:
 
 def _sentences(text: str) -> int:
     return len([s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s])
+
+
+def _hours_of(eid: str, raw: dict) -> str:
+    """An explicit `horaires_de: <service>`, or the service whose hours the answer reads."""
+    if raw.get("horaires_de"):
+        return str(raw["horaires_de"])
+    m = re.search(r"services\.(\w+)\.horaires", str(raw.get("answer", "")))
+    return m.group(1) if m else ""
 
 
 def fingerprint(corpus_dir: Path) -> str:
@@ -304,7 +352,8 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
                 id=eid, theme=theme, questions=qs, answer=answer,
                 steps=[render(str(s), where) for s in raw.get("steps") or []],
                 action=action, source=str(raw.get("source", "commune")),
-                reviewed=str(raw.get("reviewed", "")), label=str(raw.get("label", "")).strip()))
+                reviewed=str(raw.get("reviewed", "")), label=str(raw.get("label", "")).strip(),
+                hours_of=_hours_of(eid, raw)))
     if problems:
         raise CorpusError(problems)
     off_topic: list[str] = []

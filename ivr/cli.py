@@ -148,8 +148,9 @@ def _conversation(cfg, state=None, at=None):
     from ivr.app import build_dialogue
     from ivr.store import Store
 
-    corpus, index = build_dialogue(cfg)
-    return Conversation(corpus, index, cfg["dialogue"], store=Store(cfg.db_path), clock=_parse_at(at), state=state)
+    clock = _parse_at(at)
+    corpus, index = build_dialogue(cfg, clock().date() if clock else None)
+    return Conversation(corpus, index, cfg["dialogue"], store=Store(cfg.db_path), clock=clock, state=state)
 
 
 def _reply_json(reply) -> dict:

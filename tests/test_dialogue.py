@@ -16,7 +16,7 @@ from tests.conftest import CLOSED_TIME, OPEN_TIME, ROOT, make_cfg
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory):
     cfg = make_cfg(tmp_path_factory.mktemp("kb"))
-    corpus, index = build_dialogue(cfg)
+    corpus, index = build_dialogue(cfg, OPEN_TIME.date())    # answers said "today" as the clock sees it
     return cfg, corpus, index
 
 
@@ -51,7 +51,8 @@ def test_greeting_names_the_commune_recording_and_the_way_to_a_person(conv):
 def test_answer_then_another_question_then_satisfaction(conv):
     c = conv()
     r = c.on_text("euh bonjour a quelle heure elle ouvre la mairie le samedi")
-    assert (r.action, r.theme) == ("answer", "mairie_pratique") and "samedi de 9 h à 12 h" in r.text
+    assert (r.action, r.theme) == ("answer", "mairie_pratique")
+    assert r.text.startswith("Le samedi 5 décembre, l'accueil de la mairie vous reçoit de 9 h à 12 h.")
     assert r.text.endswith("Avez-vous une autre question ?") and r.confidence > 0.22
     r = c.on_text("non merci")
     assert r.action == "goodbye" and "satisfait" in r.text and not r.end_call
@@ -218,6 +219,34 @@ def test_chat_in_the_terminal(tmp_path):
     lines = p.stdout.split("assistant>")[1:]
     assert "Montclair-sur-Lise" in lines[0]
     assert "sport_culture_loisirs" in lines[1] and "satisfait" in lines[2] and "Au revoir" in lines[3]
+
+
+def test_a_long_timetable_is_said_for_today_and_tomorrow_and_any_day_on_request(conv):
+    c = conv()                                           # Tuesday 1 December 2026, 10:00
+    r = c.on_text("la piscine elle est ouverte à quelle heure")
+    assert r.entry_id == "sport_culture_loisirs.piscine_horaires"
+    assert ("aujourd'hui mardi de 12 h à 13 h 30 et de 17 h à 20 h 30, et demain mercredi de 10 h à 12 h "
+            "et de 14 h à 18 h 30") in r.text and "dimanche" not in r.text
+    r = c.on_text("et le dimanche ?")
+    assert r.text.startswith("Le dimanche 6 décembre, la piscine municipale vous reçoit de 9 h à 12 h 30.")
+    r = c.on_text("je voudrais aller nager ce soir c'est ouvert")
+    assert r.text.startswith("Aujourd'hui mardi, la piscine municipale vous reçoit de 12 h à 13 h 30")
+    r = c.on_text("la déchetterie est ouverte demain")
+    assert r.text.startswith("Demain mercredi, la déchetterie intercommunale vous reçoit de 9 h à 12 h")
+    r = c.on_text("et jeudi")
+    assert r.text.startswith("Le jeudi 3 décembre, la déchetterie intercommunale ne reçoit pas de public.")
+
+
+def test_a_day_with_exceptional_hours_says_so(conv):
+    import datetime as dt
+
+    c = conv(at=dt.datetime(2026, 12, 22, 10, 0))
+    r = c.on_text("est-ce que la piscine est ouverte vendredi")
+    assert r.text.startswith("Fermeture exceptionnelle, Noël : le vendredi 25 décembre, la piscine municipale ne "
+                             "reçoit pas de public.")
+    r = c.on_text("et la mairie elle est ouverte jeudi")
+    assert r.text.startswith("Horaires exceptionnels, veille de Noël : le jeudi 24 décembre, l'accueil de la "
+                             "mairie vous reçoit de 8 h 30 à 12 h.")
 
 
 def test_running_service_follows_the_day_and_admin_edits(tmp_path, caplog):
