@@ -348,6 +348,8 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
                 problems.append(f"{where}: réponse vide")
             elif _sentences(answer) > 3 and strict:
                 problems.append(f"{where}: réponse de plus de trois phrases")
+            elif re.search(r"\.\.|[:;]\s*[.:;]", answer):      # a placeholder's own punctuation doubled
+                problems.append(f"{where}: ponctuation doublée une fois les balises remplacées")
             entries.append(Entry(
                 id=eid, theme=theme, questions=qs, answer=answer,
                 steps=[render(str(s), where) for s in raw.get("steps") or []],

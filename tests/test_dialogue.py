@@ -282,3 +282,30 @@ def test_running_service_follows_the_day_and_admin_edits(tmp_path, caplog):
     k.refresh(wait=True)
     assert k.error and "Réponse corrigée" in k.current()[0].by_id(entry.id).answer
     assert "previous version keeps answering" in caplog.text
+
+
+def test_corpus_mistakes_are_listed_by_file_and_entry(tmp_path):
+    import shutil
+
+    from dialogue.corpus import CorpusError, load_corpus
+
+    shutil.copytree(ROOT / "corpus", tmp_path / "c", ignore=shutil.ignore_patterns("devset"))
+    (tmp_path / "c" / "faq" / "cimetiere.yaml").write_text("""theme: cimetiere
+entries:
+  - id: cimetiere.a
+    questions: [une question, une autre question]
+    answer: Les horaires sont {{ services.cimetiere.horaire }}.
+  - id: cimetiere.b
+    questions: [une question, une autre question]
+    answer: "À noter : {{ fermetures_a_venir() }}."
+  - id: cimetiere.b
+    questions: [une seule]
+    answer: Un. Deux. Trois. Quatre.
+""", encoding="utf-8")
+    with pytest.raises(CorpusError) as exc:
+        load_corpus(tmp_path / "c")
+    text = "\n".join(exc.value.problems)
+    for expected in ("cimetiere.yaml cimetiere.a: 'dict object' has no attribute 'horaire'",
+                     "cimetiere.yaml cimetiere.b: ponctuation doublée", "cimetiere.b: identifiant en double",
+                     "au moins deux questions", "réponse de plus de trois phrases"):
+        assert expected in text, text
