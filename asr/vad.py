@@ -114,6 +114,15 @@ class BargeIn:
 
 
 @dataclass
+class SpeechPaused:
+    """A pause long enough that the turn may be over: the audio is what SpeechEnded will carry if the
+    caller stays silent, so transcription can start before the end-of-turn silence has run out."""
+    t_start: float
+    t: float
+    audio: np.ndarray = field(repr=False)
+
+
+@dataclass
 class SpeechEnded:
     t_start: float
     t_end: float
@@ -133,6 +142,7 @@ class VoiceSegmenter:
     end_silence_ms: int = 600       # trailing silence that ends the turn
     max_utterance_s: float = 15.0   # hard cut
     barge_in_ms: int = 120          # speech that signals "the caller started talking"
+    pause_ms: int = 0               # silence after which SpeechPaused is sent (0: never)
 
     def __post_init__(self):
         self._neg_threshold = max(self.threshold - 0.15, 0.01)
@@ -146,10 +156,12 @@ class VoiceSegmenter:
         self._in_speech = False
         self._barged = False
         self._start_t = 0.0
+        self._paused = False         # SpeechPaused already sent for the current pause
 
     @classmethod
     def from_config(cls, vad_cfg: dict, sample_rate: int, frame_ms: int = 20) -> "VoiceSegmenter":
-        keys = ("threshold", "min_speech_ms", "preroll_ms", "end_silence_ms", "max_utterance_s", "barge_in_ms")
+        keys = ("threshold", "min_speech_ms", "preroll_ms", "end_silence_ms", "max_utterance_s", "barge_in_ms",
+                "pause_ms")
         return cls(sample_rate=sample_rate, frame_ms=frame_ms, **{k: vad_cfg[k] for k in keys if k in vad_cfg})
 
     @property
@@ -191,22 +203,28 @@ class VoiceSegmenter:
             self._silence_run += self.frame_ms
         elif speech_prob >= self.threshold:
             self._silence_run = 0
+            self._paused = False
         length = len(self._frames) * self.frame_ms / 1000.0
         if self._silence_run >= self.end_silence_ms:
             events.append(self._end("silence"))
         elif length >= self.max_utterance_s:
             events.append(self._end("max_length"))
+        elif 0 < self.pause_ms <= self._silence_run and not self._paused:
+            self._paused = True
+            events.append(SpeechPaused(self._start_t, self._t, self._audio()))
         return events
 
     def flush(self) -> list:
         """End of stream: an utterance in progress is returned as it is."""
         return [self._end("flush")] if self._in_speech else []
 
-    def _end(self, reason: str) -> SpeechEnded:
+    def _audio(self) -> np.ndarray:
         # keep a little of the trailing silence (Whisper likes a clean ending), drop the rest
         trailing = max(0, self._silence_run - 200) // self.frame_ms
         frames = self._frames[: len(self._frames) - trailing] if trailing else self._frames
-        audio = np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
-        event = SpeechEnded(self._start_t, self._t, audio, reason)
+        return np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
+
+    def _end(self, reason: str) -> SpeechEnded:
+        event = SpeechEnded(self._start_t, self._t, self._audio(), reason)
         self.reset()
         return event

@@ -123,7 +123,9 @@ def simulate(cfg, input_wav, out_wav, as_json, at, greeting):
         click.echo(f"    action : {t['action']}  thème : {t['theme'] or '-'}  fiche : {t['entry_id'] or '-'}  "
                    f"confiance : {t['confidence']:.2f}")
         click.echo(f"    réponse : {t['text']}")
-        click.echo("    temps (ms) : " + ", ".join(f"{k} {v}" for k, v in t["latency_ms"].items()))
+        lat = t["latency_ms"] or {}
+        click.echo("    temps (ms) : " + ", ".join(f"{k} {v}" for k, v in lat.items() if not isinstance(v, bool))
+                   + (" (transcription commencée pendant la pause)" if lat.get("asr_early") else ""))
     if out_wav:
         click.echo(f"\nRéponse audio : {out_wav}")
 

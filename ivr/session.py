@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from asr.vad import BargeIn, SpeechEnded, SpeechStarted, VoiceSegmenter, make_detector
+from asr.vad import BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, make_detector
 from ivr.audio import frame_samples, rms_dbfs
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class CallSession:
         self._last_activity = 0.0
         self._limit_hit = False
         self._busy = False                  # a turn is being processed
+        self._spec = None                   # (audio, transcript) started during the end-of-turn pause
         self.ended = False
         self.outcome = "abandoned"
         self.turns: list[dict] = []         # what happened, per caller turn (for simulate/bench)
@@ -102,10 +103,12 @@ class CallSession:
             elif isinstance(ev, SpeechStarted):
                 self._last_activity = self._t
                 self._emit("speech-start", t_start=round(ev.t, 3))
+            elif isinstance(ev, SpeechPaused):
+                self._submit(self._speculate, ev)
             elif isinstance(ev, SpeechEnded):
                 self._last_activity = self._t
                 self._emit("speech-end", t_start=round(ev.t_start, 3), reason=ev.reason)
-                self._submit(self._caller_turn, ev)
+                self._submit(self._caller_turn, ev, time.perf_counter())
         if self._t >= self._max_s and not self._limit_hit:
             self._limit_hit = True
             self._submit(self._limit_reached)
@@ -175,20 +178,30 @@ class CallSession:
     def _greet(self) -> None:
         self._reply(self.conversation.greet(), latency={})
 
-    def _caller_turn(self, ev: SpeechEnded) -> None:
+    def _speculate(self, ev: SpeechPaused) -> None:
+        """Transcribe during the end-of-turn silence; _caller_turn uses it if the audio did not change."""
         if self.ended:
             return
-        t0 = time.perf_counter()
-        tr = self.e.transcriber.transcribe(ev.audio, self.rate)
-        asr_ms = (time.perf_counter() - t0) * 1000
-        self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms))
+        self._spec = (ev.audio, self.e.transcriber.transcribe(ev.audio, self.rate))
+
+    def _caller_turn(self, ev: SpeechEnded, ended_at: float) -> None:
+        if self.ended:
+            return
+        spec, self._spec = self._spec, None
+        if spec is not None and len(spec[0]) == len(ev.audio) and np.array_equal(spec[0], ev.audio):
+            tr, speculative = spec[1], True
+        else:
+            tr, speculative = self.e.transcriber.transcribe(ev.audio, self.rate), False
+        asr_ms = (time.perf_counter() - ended_at) * 1000      # what the caller waited for, after the endpoint
+        self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms),
+                   speculative=speculative)
         self.store.add_turn(self.call_id, "caller", tr.text, "speech", ev.t_start, ev.t_end, tr.confidence,
                             latency_ms={"asr": round(asr_ms)})
         t1 = time.perf_counter()
         reply = self.conversation.on_text(tr.text, tr.confidence)
         nlu_ms = (time.perf_counter() - t1) * 1000
         self._reply(reply, latency={"endpoint": int(self.e.cfg["vad"]["end_silence_ms"]),
-                                    "asr": round(asr_ms), "dialogue": round(nlu_ms, 1)},
+                                    "asr": round(asr_ms), "asr_early": speculative, "dialogue": round(nlu_ms, 1)},
                     transcript=tr.text, t_caller_end=ev.t_end)
 
     def _dtmf_turn(self, key: str) -> None:

@@ -101,6 +101,8 @@ def stage_times(store) -> dict:
         xs = sorted(r[key] for r in rows if key in r)
         if xs:
             out[key] = {"p50_ms": xs[len(xs) // 2], "p95_ms": xs[int(0.95 * (len(xs) - 1))]}
+    if rows:
+        out["asr_started_in_pause_share"] = round(sum(bool(r.get("asr_early")) for r in rows) / len(rows), 2)
     return out
 
 

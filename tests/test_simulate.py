@@ -31,6 +31,7 @@ def test_simulate_bundled_question_prints_transcript_and_writes_french_reply(tmp
     assert "mairie" in turn["transcript"].lower() and "samedi" in turn["transcript"].lower()
     assert turn["action"] == "answer" and turn["theme"] == "mairie_pratique"
     assert set(turn["latency_ms"]) >= {"asr", "dialogue", "tts_first"}
+    assert turn["latency_ms"]["asr_early"] is True      # transcribed during the end-of-turn silence
     pcm, info = read_audio(out, 8000)
     assert info["seconds"] > 5 and rms_dbfs(pcm) > -40
     heard = engines.transcriber.transcribe(pcm[-int(25 * 8000):], 8000).text.lower()
@@ -51,6 +52,19 @@ def test_two_questions_in_one_call(engines):
     actions = [t["action"] for t in s.turns if t["transcript"] is not None]
     assert actions[0] == "answer" and s.turns[0]["entry_id"].startswith("identite.")
     assert actions[-1] == "goodbye"
+
+
+def test_a_short_pause_mid_question_does_not_cut_it(engines):
+    rate = 8000
+    a, b = caller_voice("Je voudrais savoir,"), caller_voice("quels sont les horaires de la piscine ?")
+    a = a[: np.nonzero(np.abs(a) > 500)[0][-1]]           # then exactly 450 ms of silence: a pause, not an end
+    audio = np.concatenate([with_silence(a, rate, 0.3, 0.0), np.zeros(int(rate * 0.45), np.int16),
+                            with_silence(b, rate, 0.0, 1.5)])
+    s = run_session_on_audio(engines, audio)
+    first = next(t for t in s.turns if t["transcript"])
+    assert "voudrais" in first["transcript"].lower() and "piscine" in first["transcript"].lower(), first
+    assert first["entry_id"] == "sport_culture_loisirs.piscine_horaires"
+    assert first["latency_ms"]["asr_early"] is True       # the stale early transcript was dropped
 
 
 def test_silence_only_invents_nothing_and_reprompts(tmp_path):

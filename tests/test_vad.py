@@ -1,7 +1,7 @@
 """Endpointing on synthetic verdict sequences (pure), and the real Silero detector on real audio."""
 import numpy as np
 
-from asr.vad import BargeIn, SileroVad, SpeechEnded, SpeechStarted, VoiceSegmenter, WebRtcVad
+from asr.vad import BargeIn, SileroVad, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, WebRtcVad
 from ivr.audio import iter_frames
 from tests.conftest import caller_voice, with_silence
 
@@ -31,6 +31,17 @@ def test_utterance_with_preroll_and_end_of_turn():
     first = end.audio[0]
     assert 14 <= first <= 15                  # pre-roll reaches ~100 ms (5 frames) before speech began
     assert end.audio[-1] < 20 + 50 + 30       # most trailing silence trimmed
+
+
+def test_pause_gives_early_audio_identical_to_the_turn_unless_speech_resumes():
+    seg = VoiceSegmenter(min_speech_ms=200, preroll_ms=100, end_silence_ms=600, barge_in_ms=100, pause_ms=300)
+    probs = [0.0] * 10 + [0.9] * 30 + [0.0] * 20 + [0.9] * 20 + [0.0] * 40   # 400 ms pause, then more speech
+    ev = [e for _, e in run(seg, probs) if not isinstance(e, (BargeIn, SpeechStarted))]
+    assert [type(e).__name__ for e in ev] == ["SpeechPaused", "SpeechPaused", "SpeechEnded"]
+    first, second, end = ev
+    assert len(first.audio) < len(end.audio)                 # the caller went on: this one is stale
+    assert np.array_equal(second.audio, end.audio)           # silence to the end: same audio, reuse it
+    assert round(end.t_end - second.t, 3) == 0.3
 
 
 def test_short_noise_burst_is_not_an_utterance():
