@@ -46,17 +46,21 @@ class Knowledge:
         self.clock = clock or dt.datetime.now
         self._fingerprint = lambda: fingerprint(cfg.corpus_dir)
         self._key = (self.clock().date(), self._fingerprint())
-        self.corpus, self.index = build_dialogue(cfg, self._key[0])
+        self._pair = build_dialogue(cfg, self._key[0])   # (corpus, index), swapped as one
         self.error: str | None = None           # why the latest edit was refused, until a good one
         self._checked = time.monotonic()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
+    @property
+    def corpus(self):
+        return self._pair[0]
+
     def current(self):
         """(corpus, index) for a new call; starts a reload in the background when one is due."""
         if time.monotonic() - self._checked >= self.check_every_s:
             self.refresh()
-        return self.corpus, self.index
+        return self._pair
 
     def refresh(self, wait: bool = False) -> None:
         with self._lock:
@@ -74,7 +78,7 @@ class Knowledge:
         from dialogue.corpus import CorpusError
 
         try:
-            corpus, index = build_dialogue(self.cfg, key[0])
+            pair = build_dialogue(self.cfg, key[0])
         except CorpusError as e:
             self.error = str(e)
             log.error("corpus edit refused, the previous version keeps answering: %s", e)
@@ -83,10 +87,10 @@ class Knowledge:
             self.error = "erreur inattendue au rechargement (voir le journal)"
             log.exception("corpus reload failed, the previous version keeps answering")
             return
-        self.corpus, self.index, self.error = corpus, index, None
-        log.info("corpus reloaded for %s: %d entries", key[0].isoformat(), len(corpus.entries))
+        self._pair, self.error = pair, None
+        log.info("corpus reloaded for %s: %d entries", key[0].isoformat(), len(pair[0].entries))
         if self.on_reload:
-            self.on_reload(corpus)
+            self.on_reload(pair[0])
 
 
 def asr_prompt(corpus) -> str:
