@@ -1,6 +1,7 @@
 """Benchmarks: ASR, VAD, TTS and the FAQ engine. Each returns a JSON-ready dict."""
 from __future__ import annotations
 
+import datetime as dt
 import platform
 import statistics
 import time
@@ -14,6 +15,7 @@ from ivr.metrics import edit_distance, words_for_scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 SOUNDS_TSV = ROOT / "scripts" / "data" / "core_sounds_fr.tsv"
+BENCH_DAY = dt.date(2026, 12, 1)
 
 
 def machine() -> dict:
@@ -150,7 +152,7 @@ def bench_tts(cfg, sounds_dir: Path, n: int = 20, limit: int | None = None) -> d
     from ivr.metrics import errors
     from tts.synthesizer import Speaker, make_synthesizer
 
-    corpus = load_corpus(cfg.corpus_dir)
+    corpus = load_corpus(cfg.corpus_dir, BENCH_DAY)    # a fixed day: the same texts on every run
     answers = [e.answer for e in corpus.entries[:: max(1, len(corpus.entries) // n)]][:n]
     prompts = load_recordings(sounds_dir, limit)
     synth = make_synthesizer(cfg["tts"], cfg.models_dir)
