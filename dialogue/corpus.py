@@ -150,7 +150,10 @@ class Commune:
 
     def day_hours_sentence(self, day: dt.date, service: str, today: dt.date) -> str:
         """'Le samedi 5 décembre, la piscine municipale vous reçoit de 10 h à 12 h 30.' (exceptions said)."""
-        nom = (self.data.get("services", {}).get(service) or {}).get("nom", service)
+        svc = self.data.get("services", {}).get(service) or {}
+        nom = svc.get("nom", service)
+        if not svc.get("horaires"):
+            return f"{nom[:1].upper()}{nom[1:]} reçoit uniquement sur rendez-vous."
         when = {0: "aujourd'hui", 1: "demain"}.get((day - today).days)
         when = f"{when} {WEEKDAYS[day.weekday()]}" if when else spoken_date(day)
         slots = self.slots_on(day, service)
@@ -159,7 +162,7 @@ class Commune:
         exc = self.exception_on(day, service)
         if exc:
             kind = "Fermeture exceptionnelle" if exc.get("ferme") else "Horaires exceptionnels"
-            return f"{kind}, {exc.get('motif', '')} : {said}".replace(",  :", " :")
+            return f"{kind}, {exc['motif']} : {said}" if exc.get("motif") else f"{kind} : {said}"
         return said[:1].upper() + said[1:]
 
     def prochains_evenements(self, n: int = 3) -> str:
@@ -270,10 +273,8 @@ def _sentences(text: str) -> int:
     return len([s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s])
 
 
-def _hours_of(eid: str, raw: dict) -> str:
-    """An explicit `horaires_de: <service>`, or the service whose hours the answer reads."""
-    if raw.get("horaires_de"):
-        return str(raw["horaires_de"])
+def _hours_of(raw: dict) -> str:
+    """The service whose opening hours the answer reads."""
     m = re.search(r"services\.(\w+)\.horaires", str(raw.get("answer", "")))
     return m.group(1) if m else ""
 
@@ -355,7 +356,7 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
                 steps=[render(str(s), where) for s in raw.get("steps") or []],
                 action=action, source=str(raw.get("source", "commune")),
                 reviewed=str(raw.get("reviewed", "")), label=str(raw.get("label", "")).strip(),
-                hours_of=_hours_of(eid, raw)))
+                hours_of=_hours_of(raw)))
     if problems:
         raise CorpusError(problems)
     off_topic: list[str] = []
