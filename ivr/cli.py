@@ -33,6 +33,11 @@ class IvrGroup(click.Group):
         except _user_errors() as exc:
             click.echo(f"Erreur : {exc}", err=True)
             sys.exit(2)
+        except click.UsageError:
+            raise
+        except click.ClickException as exc:         # click would print "Error:" in English
+            click.echo(f"Erreur : {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
 
 
 def _parse_at(at: str | None):
@@ -128,6 +133,42 @@ def simulate(cfg, input_wav, out_wav, as_json, at, greeting):
                    + (" (transcription commencée pendant la pause)" if lat.get("asr_early") else ""))
     if out_wav:
         click.echo(f"\nRéponse audio : {out_wav}")
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--entry", "entry_id", default=None, help="Speak this knowledge-base entry's answer instead.")
+@click.option("--out", "out_wav", type=click.Path(dir_okay=False), required=True, help="WAV file to write.")
+@click.option("--phone/--clean", default=True, help="Through an 8 kHz G.711 line, as a caller hears it.")
+@click.option("--at", default=None, help="Render the entry for this day (AAAA-MM-JJTHH:MM).")
+@click.pass_obj
+def say(cfg, text, entry_id, out_wav, phone, at):
+    """Hear a text or an answer as callers will: prints what is said, sentence by sentence."""
+    import numpy as np
+
+    from ivr.audio import phone_line, write_wav
+    from tts.synthesizer import Speaker, make_synthesizer
+
+    if entry_id:
+        from dialogue.corpus import load_corpus
+
+        clock = _parse_at(at)
+        entry = load_corpus(cfg.corpus_dir, clock().date() if clock else None).by_id(entry_id)
+        if entry is None:
+            raise click.ClickException(f"fiche inconnue : {entry_id} (voir corpus/faq/*.yaml)")
+        text = entry.answer
+    if not (text or "").strip():
+        raise click.ClickException("donnez un texte, ou --entry ID")
+    rate = 8000 if phone else 16000
+    speaker = Speaker(make_synthesizer(cfg["tts"], cfg.models_dir), rate,
+                      emphasis=float(cfg["tts"].get("emphasis", 0.0)))
+    chunks = []
+    for c in speaker.stream(text, cache=False):
+        click.echo(f"« {c.spoken} »")
+        chunks.append(c.pcm)
+    pcm = np.concatenate(chunks)
+    write_wav(Path(out_wav), phone_line(pcm, rate) if phone else pcm, rate)
+    click.echo(f"{out_wav} : {len(pcm) / rate:.1f} s")
 
 
 @cli.command()

@@ -104,3 +104,16 @@ def test_stereo_44k_input_is_converted(tmp_path):
     p = run_ivr(["simulate", str(tmp_path / "st.wav"), "--json", "--at", "2026-12-01T10:00"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert "samedi" in json.loads(p.stdout)["turns"][0]["transcript"].lower()
+
+
+def test_say_lets_staff_hear_an_answer_as_callers_do(tmp_path, engines):
+    out = tmp_path / "say.wav"
+    p = run_ivr(["say", "--entry", "sport_culture_loisirs.piscine_horaires", "--at", "2026-12-01T10:00",
+                 "--out", str(out)], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "aujourd'hui mardi de douze heures à treize heures trente" in p.stdout   # as spoken, normalised
+    pcm, info = read_audio(out, 8000)
+    assert info["seconds"] > 10 and rms_dbfs(pcm) > -40
+    assert "piscine" in engines.transcriber.transcribe(pcm[: 8000 * 8], 8000).text.lower()
+    p = run_ivr(["say", "--entry", "piscine", "--out", str(out)], tmp_path)
+    assert p.returncode == 1 and p.stderr.strip() == "Erreur : fiche inconnue : piscine (voir corpus/faq/*.yaml)"
