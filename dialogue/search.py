@@ -225,4 +225,8 @@ def load_index(corpus: Corpus, embedder: Embedder, cache_dir: Path, progress=Non
         return index, False
     index.build(progress)
     index.save(path)
+    # each edit of the questions leaves a ~30 MB index behind: keep the latest few
+    old = sorted(path.parent.glob(f"faq-*-{embedder.name}.pkl"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in old[3:]:
+        stale.unlink(missing_ok=True)
     return index, True

@@ -309,3 +309,28 @@ entries:
                      "cimetiere.yaml cimetiere.b: ponctuation doublée", "cimetiere.b: identifiant en double",
                      "au moins deux questions", "réponse de plus de trois phrases"):
         assert expected in text, text
+
+
+def test_old_search_indexes_are_pruned(tmp_path):
+    import os
+    import shutil
+
+    from dialogue.corpus import load_corpus
+    from dialogue.search import load_index, make_embedder
+
+    corpus_dir = tmp_path / "c"
+    shutil.copytree(ROOT / "corpus", corpus_dir, ignore=shutil.ignore_patterns("devset"))
+    for f in (corpus_dir / "faq").glob("*.yaml"):
+        if f.name != "cimetiere.yaml":
+            f.unlink()
+    embedder = make_embedder(make_cfg(tmp_path)["dialogue"]["embedding"])
+    cache = tmp_path / "cache"
+    (cache / "index").mkdir(parents=True)
+    for i in range(4):                                   # indexes of earlier versions of the corpus
+        old = cache / "index" / f"faq-old{i}-{embedder.name}.pkl"
+        old.write_bytes(b"x")
+        os.utime(old, (1_700_000_000 + i, 1_700_000_000 + i))
+    index, built = load_index(load_corpus(corpus_dir), embedder, cache)
+    assert built and index.search("les horaires du cimetière").best.entry.theme == "cimetiere"
+    left = sorted(p.name for p in (cache / "index").iterdir())
+    assert len(left) == 3 and f"faq-old3-{embedder.name}.pkl" in left and "faq-old0" not in " ".join(left)
