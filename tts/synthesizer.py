@@ -70,7 +70,7 @@ class PicoSynthesizer(Synthesizer):
 
 
 class EspeakSynthesizer(Synthesizer):
-    """espeak-ng, best with an MBROLA voice (mb-fr1 ... mb-fr7, Debian mbrola-frN): a second offline
+    """espeak-ng, best with an MBROLA voice (mb-fr1 ... mb-fr7, Debian mbrola-frN): another offline
     French option, measured less intelligible than Pico (README, TTS benchmark)."""
 
     def __init__(self, voice: str = "mb-fr1", speed: int = 100):
