@@ -51,6 +51,21 @@ class Knowledge:
         self._checked = time.monotonic()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start_watching(self) -> None:
+        """Check every check_every_s even when no call comes, so that the first call of a day hears today."""
+        def loop():
+            while not self._stop.wait(self.check_every_s):
+                try:
+                    self.refresh()
+                except Exception:  # a watcher that dies would freeze the corpus: log and go on
+                    log.exception("corpus check failed")
+
+        threading.Thread(target=loop, name="corpus-watch", daemon=True).start()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
 
     @property
     def corpus(self):
@@ -109,6 +124,7 @@ def build_engines(cfg: Config, store=None, clock=None):
 
     store = store or Store(cfg.db_path)
     knowledge = Knowledge(cfg, clock)
+    knowledge.start_watching()
     transcriber = Transcriber(cfg["asr"], cfg.models_dir, prompt=asr_prompt(knowledge.corpus))
     knowledge.on_reload = lambda corpus: setattr(transcriber, "prompt", asr_prompt(corpus) if transcriber.prompt else "")
     synth = make_synthesizer(cfg["tts"], cfg.models_dir)

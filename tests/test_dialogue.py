@@ -284,6 +284,25 @@ def test_running_service_follows_the_day_and_admin_edits(tmp_path, caplog):
     assert "previous version keeps answering" in caplog.text
 
 
+def test_a_new_day_is_picked_up_without_waiting_for_a_call(tmp_path):
+    import datetime as dt
+    import time
+
+    from ivr.app import Knowledge
+
+    now = [dt.datetime(2026, 12, 1, 23, 59)]
+    k = Knowledge(make_cfg(tmp_path), clock=lambda: now[0], check_every_s=0.1)
+    k.start_watching()
+    try:
+        now[0] = dt.datetime(2026, 12, 2, 0, 0, 30)
+        deadline = time.monotonic() + 20
+        while k.corpus.commune.today != now[0].date() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert k.corpus.commune.today == dt.date(2026, 12, 2)
+    finally:
+        k.stop_watching()
+
+
 def test_corpus_mistakes_are_listed_by_file_and_entry(tmp_path):
     import shutil
 
