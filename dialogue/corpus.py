@@ -75,10 +75,8 @@ def spoken_slots(slots: list[str]) -> str:
     return " et ".join(parts)
 
 
-def spoken_hours(hours: dict) -> str:
-    """{'lundi': ['08:30-12:00'], ...} -> 'du lundi au vendredi de 8 h 30 à 12 h, et le samedi ...'."""
-    if not hours:
-        return "sur rendez-vous uniquement"
+def _day_groups(hours: dict) -> list[tuple[list[str], tuple]]:
+    """Consecutive days with the same slots: ([lundi, mardi, jeudi...], slots)."""
     groups: list[tuple[list[str], tuple]] = []
     for day in WEEKDAYS:
         slots = tuple(hours.get(day) or ())
@@ -89,8 +87,15 @@ def spoken_hours(hours: dict) -> str:
             groups[-1][0].append(day)
         else:
             groups.append(([day], slots))
+    return groups
+
+
+def spoken_hours(hours: dict) -> str:
+    """{'lundi': ['08:30-12:00'], ...} -> 'du lundi au vendredi de 8 h 30 à 12 h, et le samedi ...'."""
+    if not hours:
+        return "sur rendez-vous uniquement"
     out = []
-    for days, slots in groups:
+    for days, slots in _day_groups(hours):
         if len(days) == 1:
             d = f"le {days[0]}"
         elif len(days) == 2:
@@ -129,9 +134,8 @@ class Commune:
         """The week when it is short to say; otherwise today and tomorrow, and how to ask for another
         day (a week of split opening hours takes half a minute to hear)."""
         hours = (self.data.get("services", {}).get(service) or {}).get("horaires") or {}
-        week = spoken_hours(hours)
-        if week.count(", ") < 3:
-            return week
+        if len(_day_groups(hours)) <= 3:
+            return spoken_hours(hours)
         parts, said = [], set()
         for k, word in ((0, "aujourd'hui"), (1, "demain")):
             day = self.today + dt.timedelta(days=k)

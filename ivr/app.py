@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
 
 from ivr.config import Config
 
@@ -48,7 +47,6 @@ class Knowledge:
         self._key = (self.clock().date(), self._fingerprint())
         self._pair = build_dialogue(cfg, self._key[0])   # (corpus, index), swapped as one
         self.error: str | None = None           # why the latest edit was refused, until a good one
-        self._checked = time.monotonic()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -72,14 +70,11 @@ class Knowledge:
         return self._pair[0]
 
     def current(self):
-        """(corpus, index) for a new call; starts a reload in the background when one is due."""
-        if time.monotonic() - self._checked >= self.check_every_s:
-            self.refresh()
+        """(corpus, index) for a new call."""
         return self._pair
 
     def refresh(self, wait: bool = False) -> None:
         with self._lock:
-            self._checked = time.monotonic()
             key = (self.clock().date(), self._fingerprint())
             if key == self._key or (self._worker and self._worker.is_alive()):
                 return

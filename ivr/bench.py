@@ -186,8 +186,8 @@ def bench_tts(cfg, sounds_dir: Path, n: int = 20, limit: int | None = None) -> d
                 "wer_homophones_as_right": round(tot["homophone_errors"] / max(1, tot["words"]), 4),
                 "worst": [{"wer": round(w, 2), "ref": r, "hyp": h} for w, r, h in worst[:3]]}
 
-    result = {"benchmark": "tts", "engine": synth.name, "emphasis": speaker.emphasis, "rate": 8000, "line": "8 kHz G.711 mu-law",
-              "judge": f"{cfg['asr']['model']} beam {cfg['asr']['beam_size']}, no prompt"}
+    result = {"benchmark": "tts", "engine": synth.name, "emphasis": speaker.emphasis, "rate": 8000,
+              "line": "8 kHz G.711 mu-law", "judge": f"{cfg['asr']['model']} beam {cfg['asr']['beam_size']}, no prompt"}
     result["answers"] = score((t, speak(t)) for t in answers)
     result["prompts"] = score((t, speak(t)) for _, t in prompts)
     result["prompts_human_speaker"] = score((t, read_audio(p, 8000)[0]) for p, t in prompts)

@@ -50,6 +50,10 @@ def _parse_at(at: str | None):
     return lambda: fixed
 
 
+def _day(clock) -> dt.date | None:
+    return clock().date() if clock else None
+
+
 @click.group(cls=IvrGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML settings file (default: ivr.toml, $IVR_CONFIG).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -152,8 +156,7 @@ def say(cfg, text, entry_id, out_wav, phone, at):
     if entry_id:
         from dialogue.corpus import load_corpus
 
-        clock = _parse_at(at)
-        entry = load_corpus(cfg.corpus_dir, clock().date() if clock else None).by_id(entry_id)
+        entry = load_corpus(cfg.corpus_dir, _day(_parse_at(at))).by_id(entry_id)
         if entry is None:
             raise click.ClickException(f"fiche inconnue : {entry_id} (voir corpus/faq/*.yaml)")
         text = entry.answer
@@ -192,7 +195,7 @@ def _conversation(cfg, state=None, at=None):
     from ivr.store import Store
 
     clock = _parse_at(at)
-    corpus, index = build_dialogue(cfg, clock().date() if clock else None)
+    corpus, index = build_dialogue(cfg, _day(clock))
     return Conversation(corpus, index, cfg["dialogue"], store=Store(cfg.db_path), clock=clock, state=state)
 
 

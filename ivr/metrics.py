@@ -42,16 +42,19 @@ def sounds_like(words: list[str]) -> list[str]:
     import shutil
     import subprocess
 
+    def clean(ipa: str) -> str:
+        return ipa.strip().replace("ˈ", "").replace("ˌ", "").rstrip("-")
+
     todo = sorted({w for w in words if w not in _IPA})
     if todo:
         if not shutil.which("espeak-ng"):
             raise RuntimeError("espeak-ng est introuvable : lancez scripts/setup.sh")
         out = subprocess.run(["espeak-ng", "-v", "fr", "-q", "--ipa"], input="".join(w + ".\n" for w in todo),
                              capture_output=True, text=True, check=True).stdout
-        ipa = [line.strip().replace("ˈ", "").replace("ˌ", "").rstrip("-") for line in out.splitlines() if line.strip()]
+        ipa = [clean(line) for line in out.splitlines() if line.strip()]
         if len(ipa) != len(todo):                          # a word espeak split or merged: one call each
-            ipa = [subprocess.run(["espeak-ng", "-v", "fr", "-q", "--ipa", w], capture_output=True, text=True,
-                                  check=True).stdout.strip().replace("ˈ", "").replace("ˌ", "").rstrip("-") for w in todo]
+            ipa = [clean(subprocess.run(["espeak-ng", "-v", "fr", "-q", "--ipa", w], capture_output=True, text=True,
+                                        check=True).stdout) for w in todo]
         _IPA.update(zip(todo, ipa))
     return [_IPA[w] for w in words]
 

@@ -188,7 +188,7 @@ class CallSession:
         if self.ended:
             return
         spec, self._spec = self._spec, None
-        if spec is not None and len(spec[0]) == len(ev.audio) and np.array_equal(spec[0], ev.audio):
+        if spec is not None and np.array_equal(spec[0], ev.audio):
             tr, speculative = spec[1], True
         else:
             tr, speculative = self.e.transcriber.transcribe(ev.audio, self.rate), False

@@ -1,7 +1,7 @@
 """Endpointing on synthetic verdict sequences (pure), and the real Silero detector on real audio."""
 import numpy as np
 
-from asr.vad import BargeIn, SileroVad, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, WebRtcVad
+from asr.vad import BargeIn, SileroVad, SpeechEnded, SpeechStarted, VoiceSegmenter, WebRtcVad
 from ivr.audio import iter_frames
 from tests.conftest import caller_voice, with_silence
 
