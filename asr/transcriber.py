@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,15 @@ HALLUCINATIONS = [
 ]
 
 
+# Prompts for what the dialogue expects (Conversation.expects): Whisper leans towards the words of its
+# prompt, so a short "non merci" is not heard as English or as a number.
+HINTS = {
+    "yes_no": "Oui. Non. Non merci. Oui, c'est bien ça. Non, ce n'est pas ça.",
+    "choice": "Le premier. Le second. Le deuxième.",
+    "phone": "Oui, au 06 12 34 56 78. Non merci.",
+}
+
+
 class ModelMissing(Exception):
     """The ASR model is not provisioned: the message names the command that fixes it."""
 
@@ -46,8 +55,10 @@ class Transcript:
     no_speech_prob: float = 0.0
     audio_s: float = 0.0
     asr_ms: float = 0.0
-    rejected: str | None = None       # why text was dropped (silence, hallucination, unsure)
-    segments: list = field(default_factory=list, repr=False)
+    rejected: str | None = None       # why text was dropped (silence, no_speech, hallucination, prompt...)
+    window_s: int = 0                 # seconds of audio the encoder saw
+    temperature: float = 0.0          # 0: beam search; > 0: the fallback sampling was kept
+    avg_logprob: float = 0.0
 
 
 def _norm(text: str) -> str:
@@ -95,56 +106,173 @@ def _load(path: str, device: str, compute_type: str, threads: int):
     return model
 
 
+def _suppressed(tok) -> list[int]:
+    """Whisper's usual suppressed tokens: non-speech symbols and the special tokens."""
+    return sorted(set(tok.non_speech_tokens) | {tok.transcribe, tok.translate, tok.sot, tok.sot_prev, tok.sot_lm,
+                                                 tok.no_speech})
+
+
+def _cut_loop(tokens: list[int]) -> list[int]:
+    """Cut a repetition loop at the end of a decoding ("la mairie la mairie la mairie..."): a block of
+    k tokens repeated at least 4 times (a single token 8 times) is kept once."""
+    n = len(tokens)
+    for k in range(1, 13):
+        block, reps = tokens[n - k:], 1
+        while n - (reps + 1) * k >= 0 and tokens[n - (reps + 1) * k: n - reps * k] == block:
+            reps += 1
+        if reps >= (8 if k == 1 else 4):
+            return tokens[: n - (reps - 1) * k]
+    return tokens
+
+
+def _echoes(text: str, prompt: str) -> bool:
+    """The text is only a piece of the prompt (Whisper repeating its prompt on noise)."""
+    t, p = _norm(text).split(), _norm(prompt).split()
+    if len(t) < 3:
+        return False
+    return any(p[i:i + len(t)] == t for i in range(len(p) - len(t) + 1))
+
+
 class Transcriber:
-    """One loaded Whisper model, shared by every call of the process."""
+    """One loaded Whisper model, shared by every call of the process.
+
+    The encoder only sees as much as the utterance needs: the audio is padded with silence to the
+    smallest window of `asr.windows_s` that leaves `asr.window_margin_s` after it (Whisper was trained
+    on 30 s windows, but CTranslate2 encodes shorter ones, and on 2 cores the encoder is most of the
+    time). The decoded length is capped by the duration, and repetition loops are cut or retried.
+    """
 
     def __init__(self, asr_cfg: dict, models_dir: Path, prompt: str = ""):
+        from faster_whisper.tokenizer import Tokenizer
+
         self.cfg = asr_cfg
         path = resolve_model(str(asr_cfg["model"]), Path(models_dir))
         self.model = _load(path, asr_cfg["device"], asr_cfg["compute_type"], int(asr_cfg["threads"]))
         self.prompt = prompt if asr_cfg.get("hotwords", True) else ""
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
+                                   task="transcribe", language="fr")
+        self._suppress = _suppressed(self.tokenizer)
         self._lock = threading.Lock()  # CTranslate2 can run concurrently, but 2 cores: queue instead
+        self._count = threading.Lock()
+        self._queued = 0               # transcriptions waiting or running
+        self._recent_s = 1.0           # moving average of one transcription's compute time
 
-    def transcribe(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
+    def window_for(self, seconds: float) -> int:
+        """Seconds of audio the encoder sees for an utterance this long."""
+        windows = sorted(int(w) for w in self.cfg.get("windows_s", [10, 20, 30]))
+        need = seconds + float(self.cfg.get("window_margin_s", 3.0))
+        return next((w for w in windows if w >= need), 30)
+
+    def backlog_s(self) -> float:
+        """How long a new utterance would wait before its own transcription starts (an estimate)."""
+        return self._queued * self._recent_s
+
+    def warm(self) -> float:
+        """Run every window once (the first run of each shape is slow); returns seconds spent."""
+        t = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for w in sorted({self.window_for(s) for s in (1.0, 10.0, 20.0)}):
+            self.transcribe((rng.normal(0, 300, 8000 * max(1, w - 4))).astype(np.int16), 8000, force=True)
+        return time.perf_counter() - t
+
+    def transcribe(self, pcm: np.ndarray, sample_rate: int, hint: str | None = None,
+                   force: bool = False) -> Transcript:
+        """`hint`: what the caller is expected to say now (e.g. "Oui. Non."), used as the prompt in
+        place of the commune's vocabulary. `force`: skip the speech gates (warm-up)."""
         from ivr.audio import pcm_to_float, resample, rms_dbfs
 
         audio_s = len(pcm) / sample_rate
-        if audio_s < 0.1 or rms_dbfs(pcm) < -60:
-            return Transcript("", 0.0, 1.0, audio_s, 0.0, rejected="silence")
+        if not force:
+            if audio_s < 0.1 or rms_dbfs(pcm) < float(self.cfg.get("min_dbfs", -55)):
+                return Transcript("", 0.0, 1.0, audio_s, 0.0, rejected="silence")
+            if self._speech_seconds(pcm, sample_rate) < float(self.cfg.get("min_speech_s", 0.15)):
+                return Transcript("", 0.0, 1.0, audio_s, 0.0, rejected="no_speech")
         audio = pcm_to_float(resample(pcm, sample_rate, 16000))
+        if audio_s > 30:         # longer than Whisper's window (not an utterance: a file): 30 s pieces
+            parts = [self.transcribe(pcm[i:i + 30 * sample_rate], sample_rate, hint, force)
+                     for i in range(0, len(pcm), 30 * sample_rate)]
+            kept = [p for p in parts if p.text]
+            return Transcript(" ".join(p.text for p in kept), min((p.confidence for p in kept), default=0.0),
+                              min(p.no_speech_prob for p in parts), audio_s, sum(p.asr_ms for p in parts),
+                              rejected=None if kept else parts[0].rejected, window_s=30)
+        window = int(self.cfg.get("window_s", 0)) or self.window_for(audio_s)
         t0 = time.perf_counter()
-        with self._lock:
-            segments, _info = self.model.transcribe(
-                audio,
-                language="fr",
-                beam_size=int(self.cfg["beam_size"]),
-                vad_filter=False,
-                condition_on_previous_text=False,
-                without_timestamps=True,
-                initial_prompt=self.prompt or None,
-                temperature=[0.0, 0.4],
-            )
-            segments = list(segments)
+        prompt_text = self.prompt if hint is None else hint
+        with self._count:
+            self._queued += 1
+        try:
+            with self._lock:
+                t_run = time.perf_counter()
+                result = self._decode(audio, window, prompt_text)
+                self._recent_s = 0.8 * self._recent_s + 0.2 * (time.perf_counter() - t_run)
+        finally:
+            with self._count:
+                self._queued -= 1
         asr_ms = (time.perf_counter() - t0) * 1000
-        kept, logprobs, weights, no_speech = [], [], [], 1.0
-        rejected = None
-        for seg in segments:
-            no_speech = min(no_speech, seg.no_speech_prob)
-            if seg.no_speech_prob > self.cfg["no_speech_threshold"] and seg.avg_logprob < -0.5:
-                rejected = "no_speech"
-                continue
-            if seg.avg_logprob < self.cfg["min_avg_logprob"] or seg.compression_ratio > 2.4:
-                rejected = "unsure"
-                continue
-            if is_hallucination(seg.text):
-                rejected = "hallucination"
-                continue
-            kept.append(seg.text.strip())
-            n = max(1, len(seg.tokens))
-            logprobs.append(seg.avg_logprob * n)
-            weights.append(n)
-        text = " ".join(kept).strip()
-        if not text:
-            return Transcript("", 0.0, no_speech, audio_s, asr_ms, rejected=rejected or "empty", segments=segments)
-        confidence = math.exp(sum(logprobs) / sum(weights)) * (1.0 - 0.5 * no_speech)
-        return Transcript(text, round(confidence, 3), no_speech, audio_s, asr_ms, segments=segments)
+        text, avg_logprob, no_speech, temperature = result
+        tr = Transcript(text, 0.0, no_speech, audio_s, asr_ms, window_s=window, temperature=temperature,
+                        avg_logprob=round(avg_logprob, 3))
+        tr.rejected = None if force else self._reject(text, avg_logprob, no_speech, self.prompt if hint is None else "")
+        if tr.rejected or not text:
+            tr.text, tr.rejected = "", tr.rejected or "empty"
+            return tr
+        tr.confidence = round(math.exp(avg_logprob) * (1.0 - 0.5 * no_speech), 3)
+        return tr
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _speech_seconds(self, pcm: np.ndarray, rate: int) -> float:
+        """Seconds the Silero VAD takes for speech: noise, tones and hum never reach Whisper."""
+        from asr.vad import SileroVad
+
+        if rate not in (8000, 16000):
+            return len(pcm) / rate
+        vad = SileroVad(rate)
+        n = rate // 50
+        speech = sum(1 for i in range(0, len(pcm) - n + 1, n) if vad(pcm[i:i + n]) >= 0.5)
+        return speech * 0.02
+
+    def _reject(self, text: str, avg_logprob: float, no_speech: float, prompt: str) -> str | None:
+        if not _norm(text):
+            return "empty"
+        if no_speech > self.cfg["no_speech_threshold"] and (avg_logprob < -0.5 or no_speech > 0.9):
+            return "no_speech"
+        if avg_logprob < self.cfg["min_avg_logprob"]:
+            return "unsure"
+        if is_hallucination(text):
+            return "hallucination"
+        if prompt and _echoes(text, prompt):
+            return "prompt"
+        return None
+
+    def _decode(self, audio: np.ndarray, window: int, prompt_text: str) -> tuple[str, float, float, float]:
+        fe = self.model.feature_extractor
+        padded = np.zeros(window * 16000, dtype=np.float32)
+        padded[: len(audio)] = audio                       # the log-mel of silence after the speech
+        features = fe(padded)[:, : window * 100]
+        encoded = self.model.encode(features)
+        tok = self.tokenizer
+        prompt = []
+        if prompt_text:
+            prompt = [tok.sot_prev] + tok.encode(" " + prompt_text.strip())[: 100]
+        prompt += list(tok.sot_sequence) + [tok.no_timestamps]
+        seconds = len(audio) / 16000
+        # French speech is 4-5 tokens a second; a repetition loop runs on to the cap
+        max_new = min(220, int(seconds * float(self.cfg.get("max_tokens_per_s", 8))) + 10)
+        tried = []
+        for temperature in [float(t) for t in self.cfg.get("temperatures", [0.0, 0.4])]:
+            kwargs = ({"beam_size": int(self.cfg["beam_size"])} if temperature == 0
+                      else {"beam_size": 1, "sampling_temperature": temperature, "sampling_topk": 0})
+            r = self.model.model.generate(
+                encoded, [prompt], max_length=len(prompt) + max_new, return_scores=True,
+                return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress, **kwargs)[0]
+            raw = r.sequences_ids[0]
+            tokens = _cut_loop(raw)
+            looped = len(tokens) < len(raw) or len(raw) >= max_new
+            avg = r.scores[0] * len(raw) / (len(raw) + 1)      # faster-whisper's average log-probability
+            tried.append((not looped, avg, tok.decode(tokens).strip(), r.no_speech_prob, temperature))
+            # a clean, confident result, or silence: no second try
+            if not looped and (avg >= float(self.cfg.get("fallback_logprob", -1.0))
+                               or r.no_speech_prob > self.cfg["no_speech_threshold"]):
+                break
+        _, avg, text, no_speech, temperature = max(tried, key=lambda c: (c[0], c[1]))
+        return text, avg, no_speech, temperature

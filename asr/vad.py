@@ -143,16 +143,23 @@ class VoiceSegmenter:
     max_utterance_s: float = 15.0   # hard cut
     barge_in_ms: int = 120          # speech that signals "the caller started talking"
     pause_ms: int = 0               # silence after which SpeechPaused is sent (0: never)
+    lookback_ms: int = 2000         # how far back the start may reach, to the onset of the speech
+    onset_gap_ms: int = 400         # silence that separates one burst of speech from the next
 
     def __post_init__(self):
         self._neg_threshold = max(self.threshold - 0.15, 0.01)
-        keep = (self.preroll_ms + self.min_speech_ms) // self.frame_ms + 1
-        self._ring: deque[np.ndarray] = deque(maxlen=keep)
+        # audio kept while waiting for speech: enough to reach back to the onset of a start that took
+        # a while to confirm (speech over a prompt, where the echo guard mutes parts of it)
+        keep = max(self.preroll_ms + self.min_speech_ms, self.lookback_ms) // self.frame_ms + 1
+        self._ring: deque[tuple[int, np.ndarray]] = deque(maxlen=keep)
         self._frames: list[np.ndarray] = []
         self._t = 0.0
+        self._n = 0                  # frames seen
         self._speech_run = 0         # ms of (nearly) continuous speech before start
         self._silence_run = 0        # ms of silence inside an utterance
         self._gap = 0                # ms of silence while still pre-start
+        self._onset = -1             # frame number where the current burst of speech began
+        self._last_speech = -10**9   # frame number of the latest speech frame
         self._in_speech = False
         self._barged = False
         self._start_t = 0.0
@@ -161,24 +168,33 @@ class VoiceSegmenter:
     @classmethod
     def from_config(cls, vad_cfg: dict, sample_rate: int, frame_ms: int = 20) -> "VoiceSegmenter":
         keys = ("threshold", "min_speech_ms", "preroll_ms", "end_silence_ms", "max_utterance_s", "barge_in_ms",
-                "pause_ms")
+                "pause_ms", "lookback_ms", "onset_gap_ms")
         return cls(sample_rate=sample_rate, frame_ms=frame_ms, **{k: vad_cfg[k] for k in keys if k in vad_cfg})
 
     @property
     def in_speech(self) -> bool:
         return self._in_speech
 
+    @property
+    def active(self) -> bool:
+        """In an utterance, or hearing what may become one."""
+        return self._in_speech or self._speech_run > 0
+
     def reset(self) -> None:
-        t = self._t
+        t, n = self._t, self._n
         self.__post_init__()
-        self._t = t
+        self._t, self._n = t, n
 
     def process(self, frame: np.ndarray, speech_prob: float) -> list:
         events: list = []
         self._t += self.frame_ms / 1000.0
+        self._n += 1
         if not self._in_speech:
-            self._ring.append(frame)
+            self._ring.append((self._n, frame))
             if speech_prob >= self.threshold:
+                if (self._n - self._last_speech) * self.frame_ms > self.onset_gap_ms:
+                    self._onset = self._n
+                self._last_speech = self._n
                 self._speech_run += self.frame_ms
                 self._gap = 0
             else:
@@ -191,7 +207,9 @@ class VoiceSegmenter:
                 events.append(BargeIn(self._t))
             if self._speech_run >= self.min_speech_ms:
                 self._in_speech = True
-                self._frames = list(self._ring)
+                # from the onset of this burst of speech (minus the pre-roll), as far as the ring reaches
+                first = self._onset - self.preroll_ms // self.frame_ms
+                self._frames = [f for k, f in self._ring if k >= first]
                 self._ring.clear()
                 self._start_t = max(0.0, self._t - len(self._frames) * self.frame_ms / 1000.0)
                 self._silence_run = 0

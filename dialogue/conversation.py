@@ -126,13 +126,24 @@ class Conversation:
     def state_dict(self) -> dict:
         return asdict(self.s)
 
+    @property
+    def expects(self) -> str | None:
+        """What the caller is asked for now, so the ASR can listen for it: yes_no, choice, phone, or
+        None for a free question."""
+        stage, report = self.s.stage, self.s.report.get("stage")
+        if stage in ("satisfaction", "guide_offer", "message_offer") or (stage == "report" and report == "confirm"):
+            return "yes_no"
+        if stage == "clarify":
+            return "choice"
+        if self._wants_digits():
+            return "phone"
+        return None
+
     def greet(self) -> Reply:
         return self._say(Reply(
             "greeting",
-            f"Bonjour, vous êtes en relation avec l'assistant vocal de la mairie de {self.commune.name}. "
-            "Cet appel peut être enregistré pour améliorer le service. "
-            "À tout moment, dites : un agent, ou tapez 0, pour parler à une personne. "
-            "Quelle est votre question ?"))
+            f"Bonjour, ici l'assistant vocal de la mairie de {self.commune.name}. L'appel est enregistré. "
+            "Pour parler à une personne, tapez 0. Quelle est votre question ?"))
 
     def on_text(self, text: str, asr_confidence: float = 1.0) -> Reply:
         # markup or template code is not speech: drop it rather than let it match an entry

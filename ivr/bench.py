@@ -41,38 +41,62 @@ def load_recordings(sounds_dir: Path, limit: int | None = None) -> list[tuple[Pa
     return rows[:limit] if limit else rows
 
 
-def bench_asr(cfg, sounds_dir: Path, limit: int | None = None, beam: int | None = None) -> dict:
+# ASR settings compared by `ivr bench asr`: Whisper's full 30 s window against the windowed encoder,
+# and (--explore) ways to spend the time the window saves.
+ASR_VARIANTS = {"full_30s": {"window_s": 30}, "windowed": {}}
+ASR_EXPLORE = {"windowed_beam_8": {"beam_size": 8}, "windowed_beam_1": {"beam_size": 1},
+               "windowed_no_fallback": {"temperatures": [0.0]},
+               "windowed_retry_below_-0.6": {"fallback_logprob": -0.6, "temperatures": [0.0, 0.2, 0.4]}}
+
+
+def bench_asr(cfg, sounds_dir: Path, limit: int | None = None, beam: int | None = None,
+              variants: list[str] | None = None, explore: bool = False) -> dict:
+    """Every variant on the same recordings in one run (same machine state), so they compare."""
     from asr.transcriber import Transcriber
 
-    asr_cfg = dict(cfg["asr"], **({"beam_size": beam} if beam else {}))
-    tr = Transcriber(asr_cfg, cfg.models_dir)
+    table = dict(ASR_VARIANTS, **(ASR_EXPLORE if explore else {}))
+    names = variants or list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"variante inconnue : {unknown[0]} (connues : {', '.join(table)})")
     rows = load_recordings(sounds_dir, limit)
-    errors = words = 0
-    audio_s = compute_s = 0.0
-    short = []
-    worst = []
-    for path, ref in rows:
-        pcm, _ = read_audio(path, 8000)
-        line = phone_line(pcm, 8000)                       # 8 kHz G.711 mu-law round trip
-        t = time.perf_counter()
-        hyp = tr.transcribe(line, 8000).text
-        dt = time.perf_counter() - t
-        r = words_for_scoring(ref)
-        e = edit_distance(r, words_for_scoring(hyp))
-        errors, words = errors + e, words + len(r)
-        audio_s, compute_s = audio_s + len(line) / 8000, compute_s + dt
-        if 2.0 <= len(line) / 8000 <= 3.0:
-            short.append(dt * 1000)
-        worst.append((e / max(1, len(r)), ref, hyp))
-    worst.sort(reverse=True)
-    return {"benchmark": "asr", "model": str(cfg["asr"]["model"]), "compute_type": cfg["asr"]["compute_type"],
-            "beam_size": asr_cfg["beam_size"], "line": "8 kHz G.711 mu-law", "utterances": len(rows),
-            "audio_s": round(audio_s, 1), "wer": round(errors / max(1, words), 4),
-            "rtf": round(compute_s / audio_s, 3),
+    lines = [(phone_line(read_audio(path, 8000)[0], 8000), ref) for path, ref in rows]   # 8 kHz G.711 round trip
+    base = dict(cfg["asr"], **({"beam_size": beam} if beam else {}))
+    results = {}
+    for name in names:
+        tr = Transcriber(dict(base, **table[name]), cfg.models_dir)
+        tr.warm()
+        errors = words = 0
+        audio_s = compute_s = 0.0
+        short, every, worst, retried, rejected = [], [], [], 0, 0
+        for line, ref in lines:
+            t = time.perf_counter()
+            out = tr.transcribe(line, 8000)
+            took = time.perf_counter() - t
+            r = words_for_scoring(ref)
+            e = edit_distance(r, words_for_scoring(out.text))
+            errors, words = errors + e, words + len(r)
+            audio_s, compute_s = audio_s + len(line) / 8000, compute_s + took
+            every.append(took * 1000)
+            if 2.0 <= len(line) / 8000 <= 3.0:
+                short.append(took * 1000)
+            retried += out.temperature > 0
+            rejected += bool(out.rejected)
+            worst.append((e / max(1, len(r)), ref, out.text))
+        worst.sort(reverse=True)
+        results[name] = {
+            "settings": {k: tr.cfg.get(k) for k in ("window_s", "windows_s", "beam_size", "temperatures",
+                                                   "fallback_logprob")},
+            "wer": round(errors / max(1, words), 4), "rtf": round(compute_s / audio_s, 3),
+            "ms_median": round(statistics.median(every)), "ms_p95": round(float(np.percentile(every, 95))),
             "ms_per_2_5s_utterance_median": round(statistics.median(short)) if short else None,
-            "utterances_2_to_3s": len(short),
-            "worst": [{"wer": round(w, 2), "ref": r, "hyp": h} for w, r, h in worst[:5]],
-            "machine": machine()}
+            "retried": retried, "rejected": rejected,
+            "worst": [{"wer": round(w, 2), "ref": r, "hyp": h} for w, r, h in worst[:3]]}
+    return {"benchmark": "asr", "model": str(cfg["asr"]["model"]), "compute_type": cfg["asr"]["compute_type"],
+            "line": "8 kHz G.711 mu-law", "utterances": len(lines),
+            "audio_s": round(sum(len(l) for l, _ in lines) / 8000, 1),
+            "utterances_2_to_3s": sum(1 for l, _ in lines if 2.0 <= len(l) / 8000 <= 3.0),
+            "variants": results, "machine": machine()}
 
 
 def synthetic_call(sounds_dir: Path, n: int = 12, snr_db: float = 10.0, seed: int = 0):

@@ -395,12 +395,18 @@ def _print(d):
 @click.option("--limit", type=int, default=None, help="Only the first N recordings.")
 @click.option("--beam", type=int, default=None, help="Beam size (default: asr.beam_size).")
 @click.option("--sounds", type=click.Path(file_okay=False), default="data/sounds/fr")
+@click.option("--variant", "variants", multiple=True, help="Only these variants (default: full_30s and windowed).")
+@click.option("--explore", is_flag=True, help="Also wider/narrower beams and retry settings on the windowed encoder.")
 @click.pass_obj
-def bench_asr(cfg, limit, beam, sounds):
-    """WER, real-time factor and latency on real French recordings through a G.711 line."""
+def bench_asr(cfg, limit, beam, sounds, variants, explore):
+    """WER, real-time factor and latency on real French recordings through a G.711 line: Whisper's
+    30 s window and the windowed encoder side by side, in one run."""
     from ivr.bench import bench_asr as run
 
-    _print(run(cfg, Path(sounds), limit, beam))
+    try:
+        _print(run(cfg, Path(sounds), limit, beam, list(variants) or None, explore))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @bench.command("vad")

@@ -72,8 +72,8 @@ class CallSession:
         self._t = 0.0                       # call clock: seconds of audio received
         self._last_activity = 0.0
         self._limit_hit = False
-        self._busy = False                  # a turn is being processed
-        self._spec = None                   # (audio, transcript) started during the end-of-turn pause
+        self._pending = 0                   # jobs queued or running on the worker (turns, greeting...)
+        self._spec = None                   # (audio, hint, transcript) started during the end-of-turn pause
         self.ended = False
         self.outcome = "abandoned"
         self.turns: list[dict] = []         # what happened, per caller turn (for simulate/bench)
@@ -112,7 +112,7 @@ class CallSession:
         if self._t >= self._max_s and not self._limit_hit:
             self._limit_hit = True
             self._submit(self._limit_reached)
-        elif (not self._busy and not self._out and not self.segmenter.in_speech and self._after_playback is None
+        elif (not self._busy and not self._out and not self.segmenter.active and self._after_playback is None
               and self._t - self._last_activity >= self._silence_s):
             self._last_activity = self._t
             self._submit(self._silence)
@@ -152,12 +152,17 @@ class CallSession:
         return bool(self._out)
 
     @property
+    def _busy(self) -> bool:
+        return self._pending > 0
+
+    @property
     def idle(self) -> bool:
         return not self._busy and not self._out and not self.segmenter.in_speech
 
     # --- turn handling (worker side) -----------------------------------------------------------------
     def _submit(self, fn, *args) -> None:
-        self._busy = True
+        with self._lock:
+            self._pending += 1
         if self.inline:
             self._run(fn, *args)
         else:
@@ -173,7 +178,10 @@ class CallSession:
             self._speak_then("Je rencontre un problème technique. Je vous passe un agent.", "transfer",
                              "erreur technique", cache=True)
         finally:
-            self._busy = False
+            with self._lock:
+                self._pending -= 1
+                if not self._pending and not self._out:
+                    self._last_activity = self._t   # the silence timer starts when we are done
 
     def _greet(self) -> None:
         self._reply(self.conversation.greet(), latency={})
@@ -182,16 +190,18 @@ class CallSession:
         """Transcribe during the end-of-turn silence; _caller_turn uses it if the audio did not change."""
         if self.ended:
             return
-        self._spec = (ev.audio, self.e.transcriber.transcribe(ev.audio, self.rate))
+        hint = self._hint()
+        self._spec = (ev.audio, hint, self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint))
 
     def _caller_turn(self, ev: SpeechEnded, ended_at: float) -> None:
         if self.ended:
             return
         spec, self._spec = self._spec, None
-        if spec is not None and np.array_equal(spec[0], ev.audio):
-            tr, speculative = spec[1], True
+        hint = self._hint()
+        if spec is not None and spec[1] == hint and np.array_equal(spec[0], ev.audio):
+            tr, speculative = spec[2], True
         else:
-            tr, speculative = self.e.transcriber.transcribe(ev.audio, self.rate), False
+            tr, speculative = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint), False
         asr_ms = (time.perf_counter() - ended_at) * 1000      # what the caller waited for, after the endpoint
         self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms),
                    speculative=speculative)
@@ -203,6 +213,12 @@ class CallSession:
         self._reply(reply, latency={"endpoint": int(self.e.cfg["vad"]["end_silence_ms"]),
                                     "asr": round(asr_ms), "asr_early": speculative, "dialogue": round(nlu_ms, 1)},
                     transcript=tr.text, t_caller_end=ev.t_end)
+
+    def _hint(self) -> str | None:
+        """What the ASR should listen for, given what the caller was just asked."""
+        from asr.transcriber import HINTS
+
+        return HINTS.get(getattr(self.conversation, "expects", None) or "")
 
     def _dtmf_turn(self, key: str) -> None:
         self.store.add_turn(self.call_id, "caller", key, "dtmf", self._t, self._t)

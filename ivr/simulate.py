@@ -11,13 +11,17 @@ from ivr.audio import iter_frames, read_audio, write_wav
 log = logging.getLogger(__name__)
 
 
-def run_session_on_audio(engines, pcm: np.ndarray, greeting: bool = True, tail_s: float = 30.0):
-    """Feeds 20 ms frames in real call order (one frame in, one frame out) and returns the session."""
+def run_session_on_audio(engines, pcm: np.ndarray, greeting: bool = True, tail_s: float = 30.0,
+                         wait_for_greeting: bool = True):
+    """Feeds 20 ms frames in real call order (one frame in, one frame out) and returns the session.
+    wait_for_greeting=False: the caller starts at once, over the greeting."""
     from ivr.session import CallSession
 
     session = CallSession(engines, transport="simulate", inline=True)
     silence = np.zeros(session.frame_n, dtype=np.int16)
-    if greeting:
+    if greeting and not wait_for_greeting:
+        pass
+    elif greeting:
         while session.speaking and not session.ended:   # a polite caller waits for the greeting
             session.push_audio(silence)
             session.pull_audio()

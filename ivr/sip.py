@@ -153,9 +153,14 @@ def _make_account(server: SipServer):
         def onIncomingCall(self, prm):
             call = _make_call(server, self, prm.callId)
             op = pj.CallOpParam()
-            if len(server.calls) >= int(server.sip["max_calls"]) or server.stopping.is_set():
+            overloaded = server.engines.transcriber.backlog_s() > float(server.sip.get("overload_backlog_s", 3.0))
+            if len(server.calls) >= int(server.sip["max_calls"]) or server.stopping.is_set() or overloaded:
                 op.statusCode = 486            # busy: the dialplan sends the caller to the desk
                 call.answer(op)
+                why = "overloaded" if overloaded else "busy"
+                log.warning("call declined (%s): the desk takes it", why)
+                store = server.engines.store   # every call leaves a record, declined ones too
+                store.end_call(store.start_call("sip", call.getInfo().remoteUri), "declined", why, 0.0)
                 return
             server.calls[call.getId()] = call
             op.statusCode = 200
@@ -290,9 +295,10 @@ def _make_call(server: SipServer, account, call_id: int):
 
 
 def serve(cfg, duration: float | None = None, clock=None) -> None:
-    from ivr.app import build_engines
+    from ivr.app import build_engines, warm_engines
 
     engines = build_engines(cfg, clock=clock)
+    warm_engines(engines)        # before registering: the first call is as fast as the tenth
     stale = engines.store.close_interrupted("sip")
     if stale:
         log.warning("%d call(s) interrupted by the previous stop were closed in the records", stale)

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from asr.transcriber import ModelMissing, Transcriber, is_hallucination
+from asr.transcriber import HINTS, ModelMissing, Transcriber, _cut_loop, _echoes, is_hallucination
+from dialogue.conversation import NO, YES, _n
 from ivr.audio import phone_line, read_audio
-from tests.conftest import core_sounds, make_cfg, wer
+from tests.conftest import caller_voice, core_sounds, make_cfg, wer, with_silence
 
 RATE = 8000
 
@@ -42,7 +43,83 @@ def test_a_minute_of_noise_gives_no_sentence(asr):
     rng = np.random.default_rng(2)
     noise = rng.normal(0, 2500, RATE * 60).astype(np.int16)
     tr = asr.transcribe(noise, RATE)
-    assert len(tr.text.split()) <= 2, tr.text
+    assert tr.text == "", tr
+
+
+def _line_sound(kind: str, seed: int, level: float, seconds: float = 4.0) -> np.ndarray:
+    """What a line carries when nobody speaks: noise, mains hum, DTMF keys, hold music."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    if kind == "white":
+        x = rng.normal(0, 1, len(t))
+    elif kind == "brown":
+        x = np.cumsum(rng.normal(0, 1, len(t)))
+        x -= np.convolve(x, np.ones(400) / 400, mode="same")
+    elif kind == "hum":
+        f = rng.choice([50.0, 60.0])
+        x = sum(np.sin(2 * np.pi * f * k * t + rng.uniform(0, 6)) / k for k in range(1, 12))
+    elif kind == "dtmf":
+        rows, cols = [697, 770, 852, 941], [1209, 1336, 1477]
+        x = np.zeros(len(t))
+        for start in range(0, len(t) - 1600, 1600):           # 100 ms key, 100 ms gap
+            a, b = rng.choice(rows), rng.choice(cols)
+            seg = t[start:start + 800]
+            x[start:start + 800] = np.sin(2 * np.pi * a * seg) + np.sin(2 * np.pi * b * seg)
+    else:                                                       # hold music: chords with a beat
+        x = np.zeros(len(t))
+        for i, start in enumerate(range(0, len(t), RATE // 2)):
+            root = 220 * 2 ** (rng.integers(0, 12) / 12)
+            seg = t[start:start + RATE // 2]
+            env = np.exp(-3 * (seg - seg[0]))
+            for ratio in (1, 1.25, 1.5, 2):
+                x[start:start + len(seg)] += env * np.sin(2 * np.pi * root * ratio * seg)
+    x = x / (np.sqrt(np.mean(x ** 2)) + 1e-9) * level
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("kind", ["white", "brown", "hum", "dtmf", "music"])
+def test_noise_hum_tones_and_music_never_become_text(asr, kind):
+    said = []
+    for seed in (0, 1, 2):
+        for level in (300, 2500, 10000):          # about -40, -22 and -10 dBFS
+            pcm = phone_line(_line_sound(kind, seed, level), RATE)
+            said += [(seed, level, t.text) for t in [asr.transcribe(pcm, RATE)] if t.text]
+    assert not said, said
+
+
+def test_the_window_grows_with_the_utterance_and_long_speech_is_whole(asr):
+    assert asr.window_for(2.0) == 10 and asr.window_for(9.0) == 20 and asr.window_for(25.0) == 30
+    rows = core_sounds(12)
+    parts, refs = [], []
+    for path, text in rows:
+        pcm, _ = read_audio(path, RATE)
+        if sum(len(p) for p in parts) + len(pcm) > 13 * RATE:
+            break
+        parts += [pcm, np.zeros(RATE // 3, np.int16)]
+        refs.append(text)
+    long = phone_line(np.concatenate(parts), RATE)
+    tr = asr.transcribe(long, RATE)
+    assert len(long) / RATE > 8 and tr.window_s == 20
+    ref = " ".join(refs)
+    # whole: as many words as said, from the first sentence to the last (homophones aside)
+    assert 0.85 < len(tr.text.split()) / len(ref.split()) < 1.15 and wer(ref, tr.text) < 0.5, (refs, tr.text)
+    first, last = (max(r.rstrip(".").split(), key=len) for r in (refs[0], refs[-1]))   # long words: no homophones
+    assert first.lower() in tr.text.lower() and last.lower() in tr.text.lower(), (first, last, tr.text)
+
+
+def test_repetition_loops_are_cut_and_prompt_echoes_spotted():
+    assert _cut_loop([1, 2, 3] + [7, 8] * 6) == [1, 2, 3, 7, 8]
+    assert _cut_loop([5] * 9) == [5] and _cut_loop([1, 2, 2, 3]) == [1, 2, 2, 3]
+    prompt = "Mairie de Montclair-sur-Lise. mairie, état civil, carte d'identité."
+    assert _echoes("Mairie de Montclair-sur-Lise.", prompt)
+    assert not _echoes("Je voudrais une carte d'identité.", prompt) and not _echoes("Mairie.", prompt)
+
+
+@pytest.mark.parametrize("said, expected", [("Non merci.", NO), ("Oui, c'est bien ça.", YES), ("Non.", NO)])
+def test_a_short_yes_or_no_is_heard_when_one_is_expected(asr, said, expected):
+    pcm = with_silence(caller_voice(said), RATE, 0.3, 0.5)
+    tr = asr.transcribe(pcm, RATE, hint=HINTS["yes_no"])
+    assert expected.match(_n(tr.text)), tr
 
 
 def test_clipped_loud_audio_is_still_understood(asr):

@@ -67,6 +67,68 @@ def test_a_short_pause_mid_question_does_not_cut_it(engines):
     assert first["latency_ms"]["asr_early"] is True       # the stale early transcript was dropped
 
 
+def test_a_question_over_the_greeting_keeps_its_first_words(engines):
+    rate = 8000
+    q = caller_voice("Bonjour, je voudrais connaître les horaires de la piscine.")
+    audio = np.concatenate([np.zeros(rate, np.int16), q, np.zeros(rate * 2, np.int16)])   # 1 s into the greeting
+    s = run_session_on_audio(engines, audio, wait_for_greeting=False)
+    assert any(e.type == "barge-in" for e in s.events)
+    first = next(t for t in s.turns if t["transcript"])
+    words = first["transcript"].lower()
+    assert "bonjour" in words and "voudrais" in words, first
+    assert first["entry_id"] == "sport_culture_loisirs.piscine_horaires"
+
+
+class SlowTranscriber:
+    """Stands in for an overloaded machine (which cannot be made on purpose here): the real
+    transcriber, 8 s late."""
+
+    def __init__(self, real, delay_s: float):
+        self.real, self.delay_s = real, delay_s
+
+    def transcribe(self, *a, **kw):
+        import time
+
+        time.sleep(self.delay_s)
+        return self.real.transcribe(*a, **kw)
+
+
+def test_no_reprompt_while_a_turn_is_processed_and_the_timer_starts_after_the_answer(engines):
+    import dataclasses
+    import time
+
+    from ivr.session import CallSession
+
+    slow = dataclasses.replace(engines, transcriber=SlowTranscriber(engines.transcriber, 6.0))
+    s = CallSession(slow, transport="test")
+    rate, frame, zeros = 8000, 160, np.zeros(160, np.int16)
+    # a pause mid-sentence: the early transcription is stale and the turn transcribes again
+    a = caller_voice("Bonjour.")
+    a = a[: np.nonzero(np.abs(a) > 500)[0][-1]]
+    audio = np.concatenate([np.zeros(rate // 2, np.int16), a, np.zeros(int(rate * 0.45), np.int16),
+                            with_silence(caller_voice("Quels sont les horaires de la mairie ?"), rate, 0.0, 0.0)])
+    while s.speaking or s._busy:                 # the greeting is said (the caller waits for it)
+        s.push_audio(zeros)
+        s.pull_audio()
+    i, deadline = 0, time.monotonic() + 90
+    while time.monotonic() < deadline:           # the call clock runs ~4x real time; the ASR is slow
+        s.push_audio(audio[i:i + frame] if i < len(audio) else zeros)
+        i += frame
+        s.pull_audio()
+        time.sleep(0.004)
+        if len([e for e in s.events if e.type == "reply"]) >= 3:     # greeting, answer, reprompt
+            break
+    s.close("test_end")
+    kinds = [(e.type, e.t) for e in s.events if e.type in ("reply", "silence", "asr")]
+    replies = [t for k, t in kinds if k == "reply"]
+    silences = [t for k, t in kinds if k == "silence"]
+    assert len(replies) >= 2 and silences, kinds                     # the answer, then a reprompt
+    assert not [t for t in silences if t < replies[1]], kinds        # none while the turn was processed
+    loud = [k * 0.02 for k, f in enumerate(s._rec_out) if np.abs(f).max() > 100]
+    for t in silences:                                   # a reprompt comes 7 s after we stopped talking
+        assert t - max(x for x in loud if x < t) >= 6.9, (kinds, t)
+
+
 def test_silence_only_invents_nothing_and_reprompts(tmp_path):
     wav = tmp_path / "silence.wav"
     write_wav(wav, np.zeros(8000 * 10, np.int16), 8000)

@@ -99,3 +99,21 @@ def test_webrtc_detector_runs_as_a_cheap_option():
     speech = with_silence(caller_voice("Quels sont les horaires de la mairie ?"), RATE)
     mask = _speech_mask(speech, WebRtcVad(RATE, 2))
     assert 0.2 < mask.mean() < 0.95
+
+
+def test_speech_confirmed_late_still_starts_at_its_onset():
+    """Over a prompt the echo guard mutes parts of the caller's first words: the start is confirmed
+    late, but the utterance reaches back to where the speech began."""
+    seg = VoiceSegmenter(min_speech_ms=200, preroll_ms=100, barge_in_ms=100, lookback_ms=2000)
+    flicker = ([0.9] * 4 + [0.0] * 8) * 5                 # 60 frames of speech cut by 160 ms mutes
+    probs = [0.0] * 50 + flicker + [0.9] * 30 + [0.0] * 40
+    ev = run(seg, probs)
+    end = next(e for _, e in ev if isinstance(e, SpeechEnded))
+    assert 45 <= end.audio[0] <= 50                       # onset (frame 50) minus the 100 ms pre-roll
+
+
+def test_an_old_burst_does_not_pull_the_start_back():
+    seg = VoiceSegmenter(min_speech_ms=200, preroll_ms=100, barge_in_ms=100, onset_gap_ms=400)
+    probs = [0.0] * 10 + [0.9] * 3 + [0.0] * 40 + [0.9] * 30 + [0.0] * 40   # a click, 800 ms, then speech
+    end = next(e for _, e in run(seg, probs) if isinstance(e, SpeechEnded))
+    assert 48 <= end.audio[0] <= 53
