@@ -253,7 +253,7 @@ class Transcriber:
         tok = self.tokenizer
         prompt = []
         if prompt_text:
-            prompt = [tok.sot_prev] + tok.encode(" " + prompt_text.strip())[: 100]
+            prompt = [tok.sot_prev] + tok.encode(" " + prompt_text.strip())[-200:]
         prompt += list(tok.sot_sequence) + [tok.no_timestamps]
         seconds = len(audio) / 16000
         # French speech is 4-5 tokens a second; a repetition loop runs on to the cap

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -128,13 +129,15 @@ class Conversation:
 
     @property
     def expects(self) -> str | None:
-        """What the caller is asked for now, so the ASR can listen for it: yes_no, choice, phone, or
-        None for a free question."""
+        """What the caller is asked for now, so the ASR can listen for it: yes_no, choice, phone, place
+        (an address: the commune's street names), or None for a free question."""
         stage, report = self.s.stage, self.s.report.get("stage")
         if stage in ("satisfaction", "guide_offer", "message_offer") or (stage == "report" and report == "confirm"):
             return "yes_no"
         if stage == "clarify":
             return "choice"
+        if stage == "report" and report == "place":
+            return "place"
         if self._wants_digits():
             return "phone"
         return None
@@ -142,8 +145,8 @@ class Conversation:
     def greet(self) -> Reply:
         return self._say(Reply(
             "greeting",
-            f"Bonjour, ici l'assistant vocal de la mairie de {self.commune.name}. L'appel est enregistré. "
-            "Pour parler à une personne, tapez 0. Quelle est votre question ?"))
+            f"Bonjour, l'assistant vocal de la mairie de {self.commune.name} vous écoute. Appel enregistré. "
+            "Tapez 0 pour un agent."))
 
     def on_text(self, text: str, asr_confidence: float = 1.0) -> Reply:
         # markup or template code is not speech: drop it rather than let it match an entry
@@ -434,6 +437,12 @@ class Conversation:
 
     # --- reports (signalements) ---------------------------------------------------------------------
     def _find_place(self, text: str) -> str:
+        try:                                        # "au douze, rue..." -> "au 12, rue..."
+            from text_to_num import alpha2digit
+
+            text = alpha2digit(text, "fr")
+        except Exception:
+            pass
         low = strip_accents(text.lower())
         originals = {strip_accents(v.lower()): v for v in self.corpus.vocabulary}
         for street in self.corpus.streets_norm:
@@ -441,7 +450,16 @@ class Conversation:
                 m = re.search(r"(\d+)\s*(?:bis|ter)?\s*,?\s*" + re.escape(street.split()[0]), low)
                 return f"{m.group(1)} {originals[street]}" if m else originals[street]
         m = PLACE_RE.search(text)
-        return m.group(0).strip(" ,.") if m else ""
+        if not m:
+            return ""
+        # a street misheard by a letter or two ("rue des teneurs") is the commune's street
+        said = strip_accents(m.group(0).lower()).strip(" ,.")
+        num = re.match(r"(\d+\s*(?:bis|ter)?)\s*,?\s*(.*)", said)
+        name = num.group(2) if num else said
+        close = difflib.get_close_matches(name, self.corpus.streets_norm, n=1, cutoff=0.85)
+        if close:
+            return f"{num.group(1).strip()} {originals[close[0]]}" if num else originals[close[0]]
+        return m.group(0).strip(" ,.")
 
     def _wants_digits(self) -> bool:
         return self.s.stage == "message_phone" or self.s.report.get("stage") == "phone"

@@ -20,8 +20,12 @@ import numpy as np
 
 from asr.vad import BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, make_detector
 from ivr.audio import frame_samples, rms_dbfs
+from ivr.echo import EchoMeter
 
 log = logging.getLogger(__name__)
+
+# ASR rejections that mean "nobody spoke" (no reply), as opposed to speech not understood
+NOISE = ("silence", "no_speech", "hallucination", "prompt")
 
 
 @dataclass
@@ -66,6 +70,7 @@ class CallSession:
         self.executor = executor or (None if inline else ThreadPoolExecutor(max_workers=1))
         self._echo_guard_db = float(cfg["vad"].get("echo_guard_db", 15.0))
         self._out_level = deque(maxlen=15)   # dBFS of the last 300 ms we played (echo guard)
+        self._echo = EchoMeter(self.rate)    # how loud the line's echo of our voice is
         self._lock = threading.RLock()
         self._out: deque[np.ndarray] = deque()
         self._after_playback: tuple[str, str] | None = None   # ("transfer"|"hangup", reason)
@@ -93,9 +98,13 @@ class CallSession:
         self._t += self.frame_s
         self._rec_in.append(frame)
         prob = self.detector(frame)
-        if self._out and self._out_level:
-            # while we speak, what is much quieter than our own voice is its echo, not the caller
-            if rms_dbfs(frame) < max(self._out_level) - self._echo_guard_db:
+        self._echo.update(frame, self._rec_out[-1] if self._rec_out else np.zeros_like(frame))
+        ours = max(self._out_level) if self._out_level else -120.0
+        if ours > -45.0:
+            # while we speak (and just after), what is not louder than the line's echo of our voice
+            # (measured, + 6 dB; until measured, the configured guard) is that echo, not the caller
+            echo = self._echo.echo_db
+            if rms_dbfs(frame) < ours + (-self._echo_guard_db if echo is None else echo + 6.0):
                 prob = 0.0
         for ev in self.segmenter.process(frame, prob):
             if isinstance(ev, BargeIn):
@@ -131,8 +140,7 @@ class CallSession:
                 self._submit(self._finish_action, kind, reason)   # not on the media thread
         if frame is None:
             frame = np.zeros(self.frame_n, dtype=np.int16)
-        else:
-            self._out_level.append(rms_dbfs(frame))
+        self._out_level.append(rms_dbfs(frame))     # the echo guard fades 300 ms after we stop
         self._rec_out.append(frame)
         return frame
 
@@ -205,6 +213,8 @@ class CallSession:
         asr_ms = (time.perf_counter() - ended_at) * 1000      # what the caller waited for, after the endpoint
         self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms),
                    speculative=speculative)
+        if not tr.text and tr.rejected in NOISE:
+            return          # a cough, a click, the line: not a turn (the event above keeps the trace)
         self.store.add_turn(self.call_id, "caller", tr.text, "speech", ev.t_start, ev.t_end, tr.confidence,
                             latency_ms={"asr": round(asr_ms)})
         t1 = time.perf_counter()

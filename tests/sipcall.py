@@ -522,3 +522,58 @@ def dominant_frequency(audio: np.ndarray) -> float:
         return 0.0
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return float(np.fft.rfftfreq(len(x), 1 / RATE)[1 + int(np.argmax(spec[1:]))])
+
+
+# ---- a reactive caller (pjsua2): speaks when the assistant has stopped, as people do ----------
+@dataclass
+class ReactiveResult:
+    answered: bool               # the call was answered (CONFIRMED)
+    remote_hangup: bool          # the other side ended the call
+    duration: float              # seconds from the answer to the end of the call
+    heard: np.ndarray            # int16 8 kHz received, sample 0 = the answer, real-time timeline
+    sent: np.ndarray             # int16 8 kHz sent, same timeline
+    steps: list                  # [{"index", "start_s", "end_s", "forced"}], seconds after the answer
+    error: str | None            # why the call failed (None: it did not)
+    workdir: str = ""            # spec, WAVs, result.json, caller log (removed unless keep=True)
+
+
+def reactive_call(steps: list[dict], *, extension: str = "100", hangup_after: float | None = None,
+                  timeout: float = 60, keep: bool = False) -> ReactiveResult:
+    """A call from tests/reactive_caller.py (pjsua2 in its own process: one library per process,
+    and the assistant's is another). Each step is {"audio": int16 8 kHz} or {"dtmf": "0"}, plus
+    "at_s" (seconds after the answer, whatever is heard) or "after_silence_s" (once the assistant
+    has spoken, then been silent that long; "max_wait_s", default 30, forces it). Steps run in
+    order. Then it hangs up `hangup_after` s after the answer, or waits for the remote BYE;
+    `timeout` s from the INVITE ends it anyway. The caller is killed if it outlives that by 30 s."""
+    import json
+
+    import soundfile as sf
+
+    work = Path(tempfile.mkdtemp(prefix="reactive-"))
+    spec_steps = []
+    for i, step in enumerate(steps):
+        s = {k: v for k, v in step.items() if k != "audio"}
+        if "audio" in step:
+            s["audio"] = str(work / f"step{i}.wav")
+            sf.write(s["audio"], np.asarray(step["audio"], np.int16), RATE, subtype="PCM_16")
+        spec_steps.append(s)
+    sip_port, rtp_port = free_port_pair()
+    spec = {"extension": str(extension), "sip_port": sip_port, "rtp_port": rtp_port, "steps": spec_steps,
+            "hangup_after_s": hangup_after, "timeout_s": timeout}
+    (work / "spec.json").write_text(json.dumps(spec, indent=1))
+    out, log = work / "out", work / "caller.log"
+    try:
+        with open(log, "w") as f:
+            subprocess.run([sys.executable, str(REPO / "tests" / "reactive_caller.py"), str(work / "spec.json"), str(out)],
+                           cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=timeout + 30)
+    except subprocess.TimeoutExpired:                # subprocess.run kills it
+        pass
+    res = json.loads(_read(out / "result.json") or "null") or {
+        "answered": False, "remote_hangup": False, "duration_s": 0.0, "steps": [],
+        "error": "the caller left no result: " + _read(log)[-2000:]}
+    wav = lambda name: sf.read(out / name, dtype="int16")[0] if (out / name).exists() else np.zeros(0, np.int16)  # noqa: E731
+    result = ReactiveResult(res["answered"], res["remote_hangup"], res["duration_s"], wav("heard.wav"), wav("sent.wav"),
+                            res["steps"], res["error"], str(work))
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return result

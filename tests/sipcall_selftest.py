@@ -100,6 +100,21 @@ def main() -> int:
             check("remote hangup: answered, BYE accepted", r.answered and r.remote_hangup and r.returncode == 0)
             check("remote hangup: after ~2 s", abs(r.duration - 2) < 0.5)
             check("remote hangup: caller heard its echo ~440 Hz", near_440(r.heard))
+
+        # 6. the reactive caller (pjsua2) to an echoing desk: a step at 0.5 s, DTMF at 2 s, then one
+        # waiting for speech that never comes (an echo is no speech: it arrives while we talk), forced
+        # 1.5 s after the DTMF step ended; we hang up at 5 s
+        with sc.Desk(echo=True) as desk:
+            r = timed("reactive_call_s", sc.reactive_call, [{"audio": sc.tone(440, 1), "at_s": 0.5}, {"dtmf": "5", "at_s": 2.0},
+                      {"audio": sc.tone(660, 0.5), "after_silence_s": 0.5, "max_wait_s": 1.5}], extension="200", hangup_after=5)
+            time.sleep(0.3)
+            s = r.steps
+            check("reactive: answered, we hung up at ~5 s", r.answered and not r.remote_hangup and abs(r.duration - 5) < 0.3)
+            check("reactive: steps at 0.5 s, 2.0 s, then forced", len(s) == 3 and abs(s[0]["start_s"] - 0.5) < 0.05
+                  and abs(s[1]["start_s"] - 2.0) < 0.05 and s[2]["forced"] and not s[0]["forced"])
+            check("reactive: heard its echo ~440 Hz from 0.5 s", near_440(r.heard[int(0.55 * sc.RATE):int(1.55 * sc.RATE)]))
+            check("reactive: desk heard ~440 Hz and DTMF 5", near_440(desk.heard()[-1]) and desk.dtmf_heard()[-1] == ["5"])
+            details["reactive_steps"] = s
     finally:
         timed("asterisk_down_s", ast.__exit__, None, None, None)
     timings["total_s"] = round(time.monotonic() - t_start, 2)

@@ -17,7 +17,7 @@ import pytest
 from ivr.audio import rms_dbfs
 from ivr.store import Store
 from tests.conftest import caller_voice
-from tests.sipcall import Assistant, Asterisk, Desk, place_call
+from tests.sipcall import Assistant, Asterisk, Desk, place_call, reactive_call
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real calls need root (chroot, tcpdump)")
 RATE = 8000
@@ -104,36 +104,58 @@ def test_key_0_transfers_to_the_desk(assistant):
     assert assistant.last_calls()[0]["outcome"] == "transferred"
 
 
-def test_a_spoken_report_ends_with_a_stored_ticket_read_back(assistant, engines):
-    audio = speech_at([(11.0, "Il y a un lampadaire en panne dans ma rue."),
-                       (29.0, "Au douze, rue des Tanneurs."),
-                       (39.0, "Il est éteint depuis trois jours."),
-                       (52.0, "Non merci."),
-                       (72.0, "Oui, c'est bien ça.")], 100)
-    r = place_call(audio, hangup_after=100)
+def say(text: str, after_silence_s: float = 1.0, **kw) -> dict:
+    """A reactive caller's turn: spoken once the assistant has been silent for a moment."""
+    return dict(audio=caller_voice(text, phone=False), after_silence_s=after_silence_s, **kw)
+
+
+def caller_turns(call: dict) -> list[str]:
+    return [t["text"].lower() for t in call["turns"] if t["speaker"] == "caller" and t["kind"] == "speech"]
+
+
+def test_a_question_one_second_into_the_greeting_keeps_its_first_words(assistant):
+    r = reactive_call([dict(audio=caller_voice("Bonjour, je voudrais les horaires de la piscine.", phone=False),
+                            at_s=1.0), say("Non merci, au revoir.")], timeout=60)
     assert r.answered
+    wait_idle(assistant.store)
+    call = assistant.last_calls()[0]
+    said = caller_turns(call)
+    assert said and "bonjour" in said[0] and "voudrais" in said[0], said          # from the first word
+    bot = [t for t in call["turns"] if t["speaker"] == "assistant" and t["entry_id"]]
+    assert bot and bot[0]["entry_id"] == "sport_culture_loisirs.piscine_horaires", said
+
+
+def test_a_spoken_report_ends_with_a_stored_ticket_read_back(assistant, engines):
+    r = reactive_call([say("Il y a un lampadaire en panne dans ma rue."), say("Au douze, rue des Tanneurs."),
+                       say("Il est éteint depuis trois jours."), say("Non merci."), say("Oui, c'est bien ça."),
+                       say("Non merci, au revoir.")], timeout=150)
+    assert r.answered and not r.error, r.error
     wait_idle(assistant.store)
     call = assistant.last_calls()[0]
     rows = list(assistant.store.db.query("select * from reports where call_id = ?", [call["id"]]))
     said = " | ".join(t["text"] for t in call["turns"])
     assert rows and rows[0]["category"] == "eclairage", said
+    assert rows[0]["place"] and rows[0]["description"] and not rows[0]["callback"], rows[0]
     ticket = rows[0]["ticket"]
     assert ticket in said
-    end = heard_text(engines, r.heard, 74, 100)
+    answer_to_yes = r.steps[4]["end_s"]
+    end = heard_text(engines, r.heard, answer_to_yes, r.steps[5]["start_s"])
     assert "enregistr" in end or "signalement" in end, end
 
 
 def test_goodbye_ends_the_call_normally_and_keeps_the_satisfaction(assistant):
-    audio = speech_at([(11.0, "Quels sont les horaires de la mairie ?"), (40.0, "Non merci, au revoir."),
-                       (56.0, "Oui, tout à fait.")], 80)
     with Desk() as desk:
-        r = place_call(audio, timeout=80)
+        r = reactive_call([say("Quels sont les horaires de la mairie ?"), say("Non merci, au revoir."),
+                           say("Oui, tout à fait.")], timeout=120)
         time.sleep(1)
-    assert r.answered and r.remote_hangup and r.duration < 75      # the assistant ended the call...
+    assert r.answered and r.remote_hangup, r.error                   # the assistant ended the call...
     assert desk.calls_received() == 0                                # ...without sending it to the desk
+    assert not [s for s in r.steps if s["forced"]], r.steps          # each turn came after the assistant's
     wait_idle(assistant.store)
     call = assistant.last_calls()[0]
     assert call["satisfaction"] == 1 and call["outcome"] == "answered", [t["text"] for t in call["turns"]]
+    events = [e["type"] for e in assistant.store.db.query("select type from events where call_id = ?", [call["id"]])]
+    assert "silence" not in events, events                           # no reprompt over a reply
 
 
 def test_caller_hanging_up_mid_answer_leaves_a_complete_record(assistant, pbx):

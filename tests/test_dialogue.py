@@ -45,7 +45,7 @@ def test_corpus_covers_every_theme_with_enough_entries(kb):
 
 def test_greeting_names_the_commune_recording_and_the_way_to_a_person(conv):
     text = conv().greet().text
-    assert "Montclair-sur-Lise" in text and "enregistré" in text and "tapez 0" in text
+    assert "Montclair-sur-Lise" in text and "enregistré" in text and "tapez 0" in text.lower()
 
 
 def test_answer_then_another_question_then_satisfaction(conv):
@@ -133,6 +133,35 @@ def test_signalement_collects_place_description_phone_and_reads_the_ticket(conv)
     row = conv.store.db["reports"].get(1)
     assert (row["category"], row["ticket"], row["callback"]) == ("eclairage", r.ticket, "0612345678")
     assert "12" in row["place"] and "Tanneurs" in row["place"]
+
+
+def test_a_street_number_said_in_words_is_kept(conv):
+    c = conv()
+    c.on_text("il y a un lampadaire en panne dans ma rue")
+    c.on_text("au douze, rue des Tanneurs")
+    c.on_text("il est éteint")
+    r = c.on_text("non merci")
+    assert "12 rue des Tanneurs" in r.text, r.text
+
+
+def test_a_street_misheard_by_a_letter_is_the_communes_street(conv):
+    c = conv()
+    assert c._find_place("au 12, rue des teneurs.") == "12 rue des Tanneurs"
+    assert c._find_place("chemin des vigne") == "chemin des Vignes"
+    assert c._find_place("rue de la paix") == "rue de la paix"           # not the commune's: kept as said
+
+
+def test_the_asr_is_told_what_answer_is_expected(conv):
+    c = conv()
+    assert c.expects is None
+    c.on_text("il y a un lampadaire en panne dans ma rue")
+    assert c.expects == "place"
+    c.on_text("au 12 rue des Tanneurs")
+    assert c.expects is None                          # a description is free text
+    c.on_text("il est éteint")
+    assert c.expects == "phone"
+    c.on_text("non")
+    assert c.expects == "yes_no"                       # "Est-ce correct ?"
 
 
 def test_report_place_already_given_is_not_asked_again(conv):

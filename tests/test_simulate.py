@@ -67,6 +67,18 @@ def test_a_short_pause_mid_question_does_not_cut_it(engines):
     assert first["latency_ms"]["asr_early"] is True       # the stale early transcript was dropped
 
 
+def test_the_greeting_is_short(engines):
+    from ivr.session import CallSession
+
+    s = CallSession(engines, transport="test", inline=True)
+    frames = 0
+    while s.speaking:
+        s.pull_audio()
+        frames += 1
+    s.close("test_end")
+    assert frames * s.frame_s < 8.0        # commune, recorded call, the way to a person: under 8 s
+
+
 def test_a_question_over_the_greeting_keeps_its_first_words(engines):
     rate = 8000
     q = caller_voice("Bonjour, je voudrais connaître les horaires de la piscine.")
@@ -77,6 +89,32 @@ def test_a_question_over_the_greeting_keeps_its_first_words(engines):
     words = first["transcript"].lower()
     assert "bonjour" in words and "voudrais" in words, first
     assert first["entry_id"] == "sport_culture_loisirs.piscine_horaires"
+
+
+def test_the_line_echo_is_not_the_caller_but_the_caller_over_it_is_heard(engines):
+    """A line that sends our voice back 12 dB down, 60 ms late; the caller starts 2.5 s into the
+    greeting, 5 dB below our voice (louder than the echo, quieter than us)."""
+    from ivr.audio import rms_dbfs
+    from ivr.session import CallSession
+
+    rate = 8000
+    s = CallSession(engines, transport="test", inline=True)
+    q = caller_voice("Bonjour, je voudrais les horaires de la piscine.")
+    ours = rms_dbfs(engines.speaker.say(s.conversation.greet().text))
+    q = (q * 10 ** ((ours - 5 - rms_dbfs(q)) / 20)).astype(np.int16)
+    caller = np.concatenate([np.zeros(int(2.5 * rate), np.int16), q, np.zeros(rate * 3, np.int16)])
+    caller = caller[: len(caller) // 160 * 160]
+    line = [np.zeros(160, np.int16)] * 3
+    rng = np.random.default_rng(0)
+    for i in range(0, len(caller), 160):
+        line.append(s.pull_audio())
+        echo = line.pop(0).astype(np.float64) * 10 ** (-12 / 20) + rng.normal(0, 20, 160)
+        s.push_audio(np.clip(echo + caller[i:i + 160], -32768, 32767).astype(np.int16))
+    s.close("test_end")
+    barge = [e.t for e in s.events if e.type == "barge-in"]
+    assert barge and barge[0] > 2.5, barge                  # the echo alone did not interrupt us
+    said = [t["transcript"].lower() for t in s.turns if t["transcript"]]
+    assert said and "bonjour" in said[0] and "piscine" in said[0], said
 
 
 class SlowTranscriber:

@@ -117,3 +117,40 @@ def test_an_old_burst_does_not_pull_the_start_back():
     probs = [0.0] * 10 + [0.9] * 3 + [0.0] * 40 + [0.9] * 30 + [0.0] * 40   # a click, 800 ms, then speech
     end = next(e for _, e in run(seg, probs) if isinstance(e, SpeechEnded))
     assert 48 <= end.audio[0] <= 53
+
+
+def test_echo_meter_measures_the_line_echo_even_while_the_caller_talks():
+    from ivr.audio import phone_line, read_audio
+    from ivr.echo import EchoMeter
+    from tests.conftest import core_sounds
+
+    ours = caller_voice("Bonjour, l'assistant vocal de la mairie vous écoute. Appel enregistré. Tapez 0 pour un agent.")
+    caller = np.concatenate([phone_line(read_audio(p, RATE)[0], RATE) for p, _ in core_sounds(3)])
+    n = len(ours) // 160 * 160
+    for echo_db in (None, -12.0, -25.0):
+        for caller_db in (-100.0, 0.0):                     # silent, or as loud as us from 1 s on
+            rng = np.random.default_rng(0)
+            out = ours[:n].astype(np.float64)
+            back = np.zeros(n)
+            if echo_db is not None:
+                back[480:] = out[:-480] * 10 ** (echo_db / 20)             # 60 ms late
+            back[RATE:] += caller[: n - RATE] * 10 ** (caller_db / 20)
+            back += rng.normal(0, 20, n)
+            meter = EchoMeter(RATE)
+            for i in range(0, n, 160):
+                meter.update(back[i:i + 160], out[i:i + 160])
+            want = -60.0 if echo_db is None else echo_db
+            assert meter.echo_db is not None and abs(meter.echo_db - want) < 1.5, (echo_db, caller_db, meter.echo_db)
+
+
+def test_a_first_word_the_detector_scores_low_is_kept():
+    """'Non merci' at 0.45, then 'au revoir' at 0.7: the utterance starts at 'Non', not at 'au'."""
+    seg = VoiceSegmenter(min_speech_ms=200, preroll_ms=100, barge_in_ms=100)
+    rows = [(10, 0.0)] * 40 + [(3000, 0.45)] * 30 + [(10, 0.1)] * 8 + [(3000, 0.8)] * 30 + [(10, 0.0)] * 40
+    events = []
+    for i, (amp, p) in enumerate(rows):
+        frame = np.full(160, amp, dtype=np.int16)
+        frame[0] = i                                   # frame index, to find where the audio starts
+        events += seg.process(frame, p)
+    end = next(e for e in events if isinstance(e, SpeechEnded))
+    assert 34 <= end.audio[0] <= 40                    # 'Non' (frame 40) minus the pre-roll

@@ -167,6 +167,16 @@ class SpeechChunk:
     cached: bool
 
 
+def trim_silence(pcm: np.ndarray, rate: int, keep_s: float = 0.03, threshold: int = 200) -> np.ndarray:
+    """Drop the silence voices put around a sentence (Pico ends each one with ~0.8 s of it): the
+    caller hears the answer sooner, and the pause between sentences is the session's to set."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > threshold)
+    if not len(loud):
+        return pcm
+    keep = int(keep_s * rate)
+    return pcm[max(0, loud[0] - keep): loud[-1] + keep + 1]
+
+
 class Speaker:
     """Normalises, splits into sentences and yields each sentence's audio as soon as it is ready.
 
@@ -187,7 +197,7 @@ class Speaker:
         self._lock = threading.Lock()
 
     def _key(self, spoken: str) -> str:
-        return hashlib.sha1(f"{self.synth.name}|{self.rate}|{self.emphasis}|{spoken}".encode()).hexdigest()
+        return hashlib.sha1(f"{self.synth.name}|{self.rate}|{self.emphasis}|trim|{spoken}".encode()).hexdigest()
 
     def sentence_audio(self, sentence: str, cache: bool = True) -> SpeechChunk:
         spoken = normalize(sentence)
@@ -206,7 +216,8 @@ class Speaker:
                 except Exception:  # a damaged cache file is just re-synthesised
                     log.warning("ignoring damaged TTS cache file %s", key)
         t = time.perf_counter()
-        pcm = resample(pre_emphasis(self.synth.synth(spoken), self.emphasis), self.synth.native_rate, self.rate)
+        pcm = trim_silence(resample(pre_emphasis(self.synth.synth(spoken), self.emphasis), self.synth.native_rate,
+                                    self.rate), self.rate)
         ms = (time.perf_counter() - t) * 1000
         if cache:
             self._remember(key, pcm)
