@@ -35,8 +35,10 @@ HALLUCINATIONS = [
 ]
 
 
-# Prompts for what the dialogue expects (Conversation.expects): Whisper leans towards the words of its
-# prompt, so a short "non merci" is not heard as English or as a number.
+# Added to the prompt when the dialogue expects an answer (Conversation.expects): Whisper leans towards
+# the words of its prompt, so a short "non merci" is not heard as English or as a number. Added, not
+# in place of the commune's words: alone they turned "Quand passent les encombrants ?" into "On passe
+# les rencontres".
 HINTS = {
     "yes_no": "Oui. Non. Non merci. Oui, c'est bien ça. Non, ce n'est pas ça.",
     "choice": "Le premier. Le second. Le deuxième.",
@@ -177,8 +179,9 @@ class Transcriber:
 
     def transcribe(self, pcm: np.ndarray, sample_rate: int, hint: str | None = None,
                    force: bool = False) -> Transcript:
-        """`hint`: what the caller is expected to say now (e.g. "Oui. Non."), used as the prompt in
-        place of the commune's vocabulary. `force`: skip the speech gates (warm-up)."""
+        """`hint`: what the caller is expected to say now (e.g. "Oui. Non."), added to the end of the
+        prompt (the commune's vocabulary): a caller may still ask a question instead. `force`: skip
+        the speech gates (warm-up)."""
         from ivr.audio import pcm_to_float, resample, rms_dbfs
 
         audio_s = len(pcm) / sample_rate
@@ -197,7 +200,7 @@ class Transcriber:
                               rejected=None if kept else parts[0].rejected, window_s=30)
         window = int(self.cfg.get("window_s", 0)) or self.window_for(audio_s)
         t0 = time.perf_counter()
-        prompt_text = self.prompt if hint is None else hint
+        prompt_text = f"{self.prompt} {hint}".strip() if hint else self.prompt
         with self._count:
             self._queued += 1
         try:
@@ -212,7 +215,7 @@ class Transcriber:
         text, avg_logprob, no_speech, temperature = result
         tr = Transcript(text, 0.0, no_speech, audio_s, asr_ms, window_s=window, temperature=temperature,
                         avg_logprob=round(avg_logprob, 3))
-        tr.rejected = None if force else self._reject(text, avg_logprob, no_speech, self.prompt if hint is None else "")
+        tr.rejected = None if force else self._reject(text, avg_logprob, no_speech, self.prompt)
         if tr.rejected or not text:
             tr.text, tr.rejected = "", tr.rejected or "empty"
             return tr

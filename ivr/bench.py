@@ -80,7 +80,7 @@ def bench_asr(cfg, sounds_dir: Path, limit: int | None = None, beam: int | None 
             every.append(took * 1000)
             if 2.0 <= len(line) / 8000 <= 3.0:
                 short.append(took * 1000)
-            retried += out.temperature > 0
+            retried += out.temperature > 0          # the sampled retry was kept
             rejected += bool(out.rejected)
             worst.append((e / max(1, len(r)), ref, out.text))
         worst.sort(reverse=True)
@@ -90,7 +90,7 @@ def bench_asr(cfg, sounds_dir: Path, limit: int | None = None, beam: int | None 
             "wer": round(errors / max(1, words), 4), "rtf": round(compute_s / audio_s, 3),
             "ms_median": round(statistics.median(every)), "ms_p95": round(float(np.percentile(every, 95))),
             "ms_per_2_5s_utterance_median": round(statistics.median(short)) if short else None,
-            "retried": retried, "rejected": rejected,
+            "sampled_retry_kept": retried, "rejected": rejected,
             "worst": [{"wer": round(w, 2), "ref": r, "hyp": h} for w, r, h in worst[:3]]}
     return {"benchmark": "asr", "model": str(cfg["asr"]["model"]), "compute_type": cfg["asr"]["compute_type"],
             "line": "8 kHz G.711 mu-law", "utterances": len(lines),

@@ -468,16 +468,19 @@ class Desk:
 class Assistant:
     """`ivr serve` as a separate process, as a town hall runs it."""
 
-    def __init__(self, data: Path, asterisk: "Asterisk", at: str = "2026-12-01T10:00"):
+    def __init__(self, data: Path, asterisk: "Asterisk", at: str = "2026-12-01T10:00", env: dict | None = None,
+                 code: Path = REPO):
+        """env: extra settings (IVR_*); code: the source tree to run (another checkout, to compare)."""
         self.data, self.asterisk, self.proc, self.at = Path(data), asterisk, None, at
+        self.env, self.code = dict(env or {}), Path(code)
         self.log = self.data / "serve.log"
 
     def start(self) -> "Assistant":
         env = dict(os.environ, IVR_DATA=str(self.data), IVR_PATHS__MODELS=str(REPO / "data" / "models"),
-                   IVR_PATHS__CORPUS=str(REPO / "corpus"), IVR_PATHS__CACHE=str(REPO / "data" / "cache"))
+                   IVR_PATHS__CORPUS=str(REPO / "corpus"), IVR_PATHS__CACHE=str(REPO / "data" / "cache"), **self.env)
         # a fixed time (a weekday morning by default) so transfers do not depend on when tests run
-        self.proc = subprocess.Popen([sys.executable, "-m", "ivr.cli", "serve", "--at", self.at], cwd=REPO, env=env,
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "ivr.cli", "serve", "--at", self.at], cwd=self.code,
+                                     env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

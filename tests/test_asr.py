@@ -122,6 +122,12 @@ def test_a_short_yes_or_no_is_heard_when_one_is_expected(asr, said, expected):
     assert expected.match(_n(tr.text)), tr
 
 
+def test_a_question_instead_of_the_expected_yes_or_no_is_still_heard(asr):
+    pcm = with_silence(caller_voice("Quand passent les encombrants ?"), RATE, 0.3, 0.5)
+    tr = asr.transcribe(pcm, RATE, hint=HINTS["yes_no"])
+    assert "encombrant" in tr.text.lower(), tr
+
+
 def test_clipped_loud_audio_is_still_understood(asr):
     path, text = max(core_sounds(10), key=lambda r: len(r[1]))
     pcm, _ = read_audio(path, RATE)
