@@ -90,10 +90,21 @@ class SipServer:
                  self.sip["registrar"])
 
     def run(self, duration: float | None = None) -> None:
+        import faulthandler
+        import sys
+
         end = time.monotonic() + duration if duration else None
+        armed = 0.0
         while not self.stopping.is_set() and (end is None or time.monotonic() < end):
             self.ep.libHandleEvents(10)
             self._run_commands()
+            if time.monotonic() - armed > 1.0:
+                # a SIP loop that stops turning is a hang: then every thread's stack goes to the log (a
+                # C-level timer, which works even if Python itself is stuck; seen once in a test run on
+                # 30 November 2026, cause unknown)
+                faulthandler.dump_traceback_later(30, exit=False, file=sys.stderr)
+                armed = time.monotonic()
+        faulthandler.cancel_dump_traceback_later()
         self.shutdown()
 
     def _run_commands(self) -> None:
@@ -309,5 +320,8 @@ def serve(cfg, duration: float | None = None, clock=None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)      # kill -USR1: every thread's stack
     server.start()
     server.run(duration)

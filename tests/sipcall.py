@@ -500,6 +500,8 @@ class Assistant:
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)       # a hung assistant writes its threads' stacks
+                time.sleep(1)
                 self.proc.kill()
                 self.proc.wait(5)
 
