@@ -229,7 +229,7 @@ class Transcriber:
 
         if rate not in (8000, 16000):
             return len(pcm) / rate
-        vad = SileroVad(rate)
+        vad = SileroVad(rate, user="asr")
         n = rate // 50
         speech = sum(1 for i in range(0, len(pcm) - n + 1, n) if vad(pcm[i:i + n]) >= 0.5)
         return speech * 0.02

@@ -25,8 +25,10 @@ class SpeechDetector:
         pass
 
 
-@functools.lru_cache(maxsize=1)
-def _silero_session():
+@functools.lru_cache(maxsize=2)
+def _silero_session(user: str = "calls"):
+    """One ONNX session per user: the calls' frames (media thread) and the ASR's speech gate (worker
+    threads) do not share one."""
     import onnxruntime
     from faster_whisper.utils import get_assets_path
 
@@ -48,11 +50,11 @@ class SileroVad(SpeechDetector):
     WINDOW = 512
     CONTEXT = 64
 
-    def __init__(self, sample_rate: int = 8000):
+    def __init__(self, sample_rate: int = 8000, user: str = "calls"):
         if sample_rate not in (8000, 16000):
             raise ValueError("SileroVad: sample rate must be 8000 or 16000")
         self.sample_rate = sample_rate
-        self.session = _silero_session()
+        self.session = _silero_session(user)
         self.reset()
 
     def reset(self) -> None:
