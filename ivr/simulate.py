@@ -19,10 +19,8 @@ def run_session_on_audio(engines, pcm: np.ndarray, greeting: bool = True, tail_s
 
     session = CallSession(engines, transport="simulate", inline=True)
     silence = np.zeros(session.frame_n, dtype=np.int16)
-    if greeting and not wait_for_greeting:
-        pass
-    elif greeting:
-        while session.speaking and not session.ended:   # a polite caller waits for the greeting
+    if greeting:
+        while wait_for_greeting and session.speaking and not session.ended:   # a polite caller waits for the greeting
             session.push_audio(silence)
             session.pull_audio()
     else:
