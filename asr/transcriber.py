@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ class Transcript:
     window_s: int = 0                 # seconds of audio the encoder saw
     temperature: float = 0.0          # 0: beam search; > 0: the fallback sampling was kept
     avg_logprob: float = 0.0
+    alternatives: list[str] = field(default_factory=list)   # other beam results almost as likely
 
 
 def _norm(text: str) -> str:
@@ -212,9 +213,9 @@ class Transcriber:
             with self._count:
                 self._queued -= 1
         asr_ms = (time.perf_counter() - t0) * 1000
-        text, avg_logprob, no_speech, temperature = result
+        text, avg_logprob, no_speech, temperature, alternatives = result
         tr = Transcript(text, 0.0, no_speech, audio_s, asr_ms, window_s=window, temperature=temperature,
-                        avg_logprob=round(avg_logprob, 3))
+                        avg_logprob=round(avg_logprob, 3), alternatives=alternatives)
         tr.rejected = None if force else self._reject(text, avg_logprob, no_speech, self.prompt)
         if tr.rejected or not text:
             tr.text, tr.rejected = "", tr.rejected or "empty"
@@ -247,7 +248,8 @@ class Transcriber:
             return "prompt"
         return None
 
-    def _decode(self, audio: np.ndarray, window: int, prompt_text: str) -> tuple[str, float, float, float]:
+    def _decode(self, audio: np.ndarray, window: int,
+                prompt_text: str) -> tuple[str, float, float, float, list[str]]:
         fe = self.model.feature_extractor
         padded = np.zeros(window * 16000, dtype=np.float32)
         padded[: len(audio)] = audio                       # the log-mel of silence after the speech
@@ -261,9 +263,11 @@ class Transcriber:
         seconds = len(audio) / 16000
         # French speech is 4-5 tokens a second; a repetition loop runs on to the cap
         max_new = min(220, int(seconds * float(self.cfg.get("max_tokens_per_s", 8))) + 10)
-        tried = []
+        tried, alternatives = [], []
+        n_alt = int(self.cfg.get("alternatives", 2))
         for temperature in [float(t) for t in self.cfg.get("temperatures", [0.0, 0.4])]:
-            kwargs = ({"beam_size": int(self.cfg["beam_size"])} if temperature == 0
+            beam = int(self.cfg["beam_size"])
+            kwargs = ({"beam_size": beam, "num_hypotheses": min(beam, 1 + n_alt)} if temperature == 0
                       else {"beam_size": 1, "sampling_temperature": temperature, "sampling_topk": 0})
             r = self.model.model.generate(
                 encoded, [prompt], max_length=len(prompt) + max_new, return_scores=True,
@@ -273,9 +277,22 @@ class Transcriber:
             looped = len(tokens) < len(raw) or len(raw) >= max_new
             avg = r.scores[0] * len(raw) / (len(raw) + 1)      # faster-whisper's average log-probability
             tried.append((not looped, avg, tok.decode(tokens).strip(), r.no_speech_prob, temperature))
+            if temperature == 0:
+                alternatives = self._alternatives(r, tried[-1][2], r.scores[0])
             # a clean, confident result, or silence: no second try
             if not looped and (avg >= float(self.cfg.get("fallback_logprob", -1.0))
                                or r.no_speech_prob > self.cfg["no_speech_threshold"]):
                 break
         _, avg, text, no_speech, temperature = max(tried, key=lambda c: (c[0], c[1]))
-        return text, avg, no_speech, temperature
+        return text, avg, no_speech, temperature, alternatives if temperature == 0 else []
+
+    def _alternatives(self, r, best: str, best_score: float) -> list[str]:
+        """The beam's other results that differ in words (not only case or punctuation) and score
+        nearly as well: the dialogue may try them when the best one matches nothing for sure."""
+        seen, out = {_norm(best)}, []
+        for ids, score in zip(r.sequences_ids[1:], r.scores[1:]):
+            text = self.tokenizer.decode(_cut_loop(ids)).strip()
+            if score >= best_score - float(self.cfg.get("alternative_margin", 0.15)) and _norm(text) not in seen:
+                seen.add(_norm(text))
+                out.append(text)
+        return out

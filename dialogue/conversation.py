@@ -122,6 +122,7 @@ class Conversation:
         self.clock = clock or dt.datetime.now
         self.s = State(**state) if state else State()
         self.commune = corpus.commune
+        self._alternatives: list[str] = []
 
     # --- public API -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -148,7 +149,10 @@ class Conversation:
             f"Bonjour, l'assistant vocal de la mairie de {self.commune.name} vous écoute. Appel enregistré. "
             "Tapez 0 pour un agent."))
 
-    def on_text(self, text: str, asr_confidence: float = 1.0) -> Reply:
+    def on_text(self, text: str, asr_confidence: float = 1.0, alternatives: list[str] = ()) -> Reply:
+        """`alternatives`: other ASR readings of the same words, tried when `text` matches no entry
+        for sure (Whisper's second-best beam often holds the rare word the best one missed)."""
+        self._alternatives = list(alternatives)
         # markup or template code is not speech: drop it rather than let it match an entry
         text = re.sub(r"<[^>]{0,200}>|\{\{.*?\}\}|\{%.*?%\}", " ", (text or "")).strip()
         if text:
@@ -324,6 +328,12 @@ class Conversation:
         query = " ".join(words[-60:]) if len(words) > 80 else text  # a long story ends with its question
         self.s.asked = query
         res = self.index.search(self._without_places(query))
+        if res.confidence < float(self.cfg["answer_threshold"]):
+            for alt in self._alternatives:
+                other = self.index.search(self._without_places(alt))
+                if other.confidence >= float(self.cfg["answer_threshold"]):
+                    res = other
+                    break
         best = res.best
         if best is None:
             return self._not_understood("empty")

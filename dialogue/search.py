@@ -42,6 +42,42 @@ def lexical_form(text: str) -> str:
     return strip_accents(clean_query(text)).replace("'", " ").replace("-", " ")
 
 
+def build_vocabulary(texts: list[str]) -> dict[str, str]:
+    """Words of the corpus, accent-free form -> the form written in the corpus (long words only: the
+    ones an ASR misspells, like "déchetterie" heard as "déchétrie")."""
+    vocab: dict[str, str] = {}
+    for t in texts:
+        for w in re.findall(r"[\w]+", clean_query(t)):
+            if len(w) >= 5 and not w.isdigit():
+                vocab.setdefault(strip_accents(w), w)
+    return vocab
+
+
+@functools.lru_cache(maxsize=1)
+def french_words() -> frozenset[str]:
+    """Accent-free French words (pyspellchecker's French frequency list, ~140,000 forms)."""
+    from spellchecker import SpellChecker
+
+    return frozenset(strip_accents(w) for w in SpellChecker(language="fr").word_frequency.dictionary)
+
+
+def correct_words(query: str, vocab: dict[str, str], cutoff: float = 0.8) -> str:
+    """Replace each long word that is neither a corpus word nor French by the closest corpus word, when
+    one is close enough: Whisper's near-misses on rare words ("déchétrie") would otherwise pull the
+    search elsewhere. Real words are never changed ("parce" is not a misheard "place")."""
+    import difflib
+
+    def fix(m: re.Match) -> str:
+        w = m.group(0)
+        key = strip_accents(w)
+        if len(w) < 5 or key in vocab or w.isdigit() or key in french_words():
+            return w
+        close = difflib.get_close_matches(key, vocab.keys(), n=1, cutoff=cutoff)
+        return vocab[close[0]] if close else w
+
+    return re.sub(r"\w+", fix, query)
+
+
 # --- embedders --------------------------------------------------------------------------------------
 
 class Embedder:
@@ -120,7 +156,7 @@ class FaqIndex:
     embeddings + n-grams) to 94 %, and the probability separates off-topic queries far better.
     """
 
-    VERSION = 6
+    VERSION = 7
     C = 20.0              # inverse regularisation of the classifier
 
     def __init__(self, corpus: Corpus, embedder: Embedder):
@@ -160,9 +196,10 @@ class FaqIndex:
         self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True).fit(lex)
         self.word = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True).fit(lex)
         self.clf = LogisticRegression(C=self.C, max_iter=3000).fit(self._features(all_vecs, texts), owners)
+        self.vocab = build_vocabulary(texts)
         return self
 
-    _STATE = ("q_vecs", "q_owner", "char", "word", "clf")
+    _STATE = ("q_vecs", "q_owner", "char", "word", "clf", "vocab")
 
     @staticmethod
     def training_key(corpus: Corpus) -> str:
@@ -206,6 +243,7 @@ class FaqIndex:
         q = clean_query(query)
         if not q or len(lexical_form(q).replace(" ", "")) < 2:
             return SearchResult([], 0.0)
+        q = correct_words(q, self.vocab)
         qv = self.embedder.encode([q])
         probs = self.clf.predict_proba(self._features(qv, [q]))[0]
         classes = self.clf.classes_

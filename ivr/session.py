@@ -218,7 +218,7 @@ class CallSession:
         self.store.add_turn(self.call_id, "caller", tr.text, "speech", ev.t_start, ev.t_end, tr.confidence,
                             latency_ms={"asr": round(asr_ms)})
         t1 = time.perf_counter()
-        reply = self.conversation.on_text(tr.text, tr.confidence)
+        reply = self.conversation.on_text(tr.text, tr.confidence, alternatives=tr.alternatives)
         nlu_ms = (time.perf_counter() - t1) * 1000
         self._reply(reply, latency={"endpoint": int(self.e.cfg["vad"]["end_silence_ms"]),
                                     "asr": round(asr_ms), "asr_early": speculative, "dialogue": round(nlu_ms, 1)},

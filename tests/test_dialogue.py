@@ -76,6 +76,27 @@ def test_clarify_between_the_two_best_then_pick_the_second(conv):
     assert r.action in ("answer", "signalement", "transfer") and r.entry_id == second
 
 
+def test_a_misheard_rare_word_is_read_as_the_corpus_word_but_real_words_are_kept(conv):
+    from dialogue.search import correct_words
+
+    r = conv().on_text("bonjour quels sont les horaires de la déchétrie")
+    assert (r.action, r.entry_id) == ("answer", "dechets.decheterie_horaires")
+    c = conv()
+    vocab = c.index.vocab
+    assert correct_words("la déchétrie et la médiatèque", vocab) in ("la déchetterie et la médiathèque", "la déchèterie et la médiathèque")
+    assert correct_words("parce que ma compagne est en italie", vocab) == "parce que ma compagne est en italie"
+
+
+def test_the_asr_second_reading_is_tried_when_the_first_matches_nothing_for_sure(conv):
+    first = "bonjour quels sont les horaires de la déchaprie"
+    assert conv().on_text(first).action == "clarify"
+    r = conv().on_text(first, alternatives=["bonjour quels sont les horaires de la déchétrie"])
+    assert (r.action, r.entry_id) == ("answer", "dechets.decheterie_horaires")
+    # a confident first reading is kept whatever the alternatives say
+    r = conv().on_text("comment je fais pour avoir un passeport", alternatives=["horaires de la déchetterie"])
+    assert r.theme == "identite"
+
+
 def test_two_misunderstandings_transfer_when_open(conv):
     c = conv()
     assert c.on_text("zorglub bidule machin").action == "clarify"
