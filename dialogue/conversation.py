@@ -88,6 +88,8 @@ def spoken_phone(digits: str) -> str:
     return " ".join(digits[i:i + 2] for i in range(0, len(digits), 2))
 
 
+STREET_TYPES = re.compile(r"(?:rue|avenue|av|boulevard|bd|chemin|place|impasse|allee|route|square|quai|cours|"
+                          r"passage|lieu-dit|lotissement|residence|hameau|zone)\b")
 PLACE_RE = re.compile(r"\b(?:\d+\s*(?:bis|ter)?\s*,?\s*)?(?:rue|avenue|av|boulevard|bd|chemin|place|impasse|allee|"
                       r"route|square|quai|cours|passage|lieu-dit|lotissement|parking|residence)\b[\w\s'-]{2,40}", re.I)
 
@@ -437,13 +439,23 @@ class Conversation:
                                confidence=1.0))
 
     def _without_places(self, text: str) -> str:
-        """Street and place names say where, not what: "rue des Écoles" must not pull towards school
-        enrolment. They are taken out before the search (the report keeps them)."""
+        """Street names say where, not what: "rue des Écoles" must not pull towards school enrolment.
+        They are taken out before the search (the report keeps them). Places that are also topics
+        (the cemetery, the salle des fêtes, the station) stay: they are what the caller asks about.
+        The caller's accents are kept (the search scores accented words better)."""
         low = strip_accents(text.lower())
+        if len(low) != len(text):                       # a character that folds to two: leave it be
+            return text
+        keep = list(text)
         for street in self.corpus.streets_norm:
-            low = low.replace(street, " ")
-        low = re.sub(r"\b(?:au|a|le|du)?\s*\d+\s*(?:bis|ter)?\s*$", " ", low.strip())
-        return low if len(low.split()) >= 2 else text
+            if not STREET_TYPES.match(street):
+                continue
+            for m in re.finditer(re.escape(street), low):
+                for i in range(m.start(), m.end()):
+                    keep[i] = " "
+        out = re.sub(r"\b(?:au|à|a|le|du)?\s*\d+\s*(?:bis|ter)?\s*$", " ", "".join(keep).strip(), flags=re.I)
+        out = re.sub(r"\s+", " ", out).strip()
+        return out if len(out.split()) >= 2 else text
 
     # --- reports (signalements) ---------------------------------------------------------------------
     def _find_place(self, text: str) -> str:
@@ -471,6 +483,10 @@ class Conversation:
             return f"{num.group(1).strip()} {originals[close[0]]}" if num else originals[close[0]]
         return m.group(0).strip(" ,.")
 
+    def _phone(self, text: str) -> str:
+        """A ten-digit number from the ASR's best reading, or else from one of its other readings."""
+        return next((p for p in map(extract_phone, [text] + self._alternatives) if p), "")
+
     def _wants_digits(self) -> bool:
         return self.s.stage == "message_phone" or self.s.report.get("stage") == "phone"
 
@@ -496,7 +512,7 @@ class Conversation:
             if NO.match(raw):
                 r["phone"] = ""
             else:
-                phone = extract_phone(text)
+                phone = self._phone(text)
                 if not phone:
                     return self._say(Reply("signalement", "Je n'ai pas reconnu un numéro de téléphone à dix "
                                            "chiffres. Dites-le ou tapez-le, ou dites non.", theme=cat,
@@ -552,13 +568,13 @@ class Conversation:
                                    cacheable=True))
         if self.s.stage == "message":
             m["text"] = text.strip()[:1000]
-            m["phone"] = extract_phone(text)
+            m["phone"] = self._phone(text)
             if not m["phone"]:
                 self.s.stage = "message_phone"
                 return self._say(Reply("message", "À quel numéro pouvons-nous vous rappeler ? Dites-le ou "
                                        "tapez-le sur le clavier."))
         else:
-            phone = extract_phone(text)
+            phone = self._phone(text)
             if not phone and not NO.match(raw):
                 return self._say(Reply("message", "Je n'ai pas reconnu un numéro à dix chiffres. Dites-le ou "
                                        "tapez-le, ou dites non."))

@@ -315,6 +315,14 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
     def render(text: str, where: str) -> str:
         try:
             return re.sub(r"\s+", " ", env.from_string(text).render(ctx)).strip()
+        except jinja2.UndefinedError as exc:
+            m = re.search(r"no attribute '([^']+)'|'([^']+)' is undefined", str(exc))
+            name = (m.group(1) or m.group(2)) if m else str(exc)
+            problems.append(f"{where}: balise inconnue « {name} » (voir commune.yaml)")
+            return text
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"{where}: balise mal écrite ({exc.message})")
+            return text
         except jinja2.TemplateError as exc:
             problems.append(f"{where}: {exc}")
             return text

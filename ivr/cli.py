@@ -188,6 +188,108 @@ def serve(cfg, duration, at):
         raise click.ClickException(str(exc)) from None
 
 
+@cli.command()
+@click.option("--bind", default=None, help="Address to listen on (default: console.bind, loopback).")
+@click.option("--port", type=int, default=None, help="Port (default: console.port, 8080).")
+@click.pass_obj
+def console(cfg, bind, port):
+    """The web console for switchboard staff and admins."""
+    from waitress import serve as wsgi
+
+    from ivr.console.web import create_app
+    from ivr.store import start_daily_purge
+
+    app = create_app(cfg)
+    start_daily_purge(app.extensions["ivr"]["store"], int(cfg["call"]["retention_days"]))
+    host, port = bind or cfg["console"]["bind"], port or int(cfg["console"]["port"])
+    click.echo(f"Console : http://{host}:{port}/connexion")
+    # send_bytes=1: each server-sent event leaves at once instead of waiting for a full buffer
+    wsgi(app, host=host, port=port, threads=int(cfg["console"]["threads"]), send_bytes=1,
+         ident="mairie-console", channel_timeout=600)
+
+
+@cli.group()
+def users():
+    """Console accounts."""
+
+
+def _accounts(cfg):
+    from ivr.console.accounts import Accounts
+    from ivr.store import Store
+
+    return Accounts(Store(cfg.db_path))
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "agent"]), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_obj
+def users_add(cfg, name, role, password_stdin):
+    """Create an account (the password is asked for, or read from stdin)."""
+    from ivr.console.accounts import AccountError
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt(
+        "Mot de passe", hide_input=True, confirmation_prompt="Confirmez")
+    try:
+        _accounts(cfg).add(name, role, password)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Compte {name} créé ({role}).")
+
+
+@users.command("password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_obj
+def users_password(cfg, name, password_stdin):
+    """Set a new password."""
+    from ivr.console.accounts import AccountError
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt(
+        "Nouveau mot de passe", hide_input=True, confirmation_prompt="Confirmez")
+    try:
+        _accounts(cfg).set_password(name, password)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Mot de passe de {name} changé.")
+
+
+@users.command("list")
+@click.pass_obj
+def users_list(cfg):
+    for u in _accounts(cfg).list():
+        click.echo(f"{u['name']:<24} {u['role']:<6} créé {u['created_at'][:10]}  "
+                   f"dernière connexion {(u['last_login'] or '—')[:16]}")
+
+
+@users.command("remove")
+@click.argument("name")
+@click.pass_obj
+def users_remove(cfg, name):
+    from ivr.console.accounts import AccountError
+
+    try:
+        _accounts(cfg).remove(name)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Compte {name} supprimé.")
+
+
+@users.command("init")
+@click.pass_obj
+def users_init(cfg):
+    """First set-up: the console's session key, and 'admin' with a generated password, printed once
+    (nothing if accounts exist)."""
+    from ivr.console.accounts import secret
+
+    secret(cfg.data_dir, "console_session_key")
+    password = _accounts(cfg).ensure_admin()
+    if password:
+        click.echo(f"Compte administrateur de la console créé : nom admin, mot de passe {password}")
+        click.echo("Notez-le : il ne sera plus affiché (ivr users password admin pour le changer).")
+
+
 # --- dialogue ---------------------------------------------------------------------------------------
 def _conversation(cfg, state=None, at=None):
     from dialogue.conversation import Conversation
@@ -357,6 +459,35 @@ def calls_show(cfg, call_id, as_json):
     for t in c["turns"]:
         who = "appelant " if t["speaker"] == "caller" else "assistant"
         click.echo(f"  {t['t_start']:7.2f}s {who} {t['text']}")
+
+
+@cli.command()
+@click.option("--since", default=None, help="Only calls from this day on (AAAA-MM-JJ).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def insights(cfg, since, as_json):
+    """Questions the assistant did not answer well, grouped by meaning, largest groups first."""
+    from dialogue.insights import group_questions
+    from dialogue.search import make_embedder
+    from ivr.console.queries import Queries
+    from ivr.store import Store
+
+    if since:
+        try:
+            dt.date.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("format attendu : AAAA-MM-JJ", param_hint="--since") from None
+    items = Queries(Store(cfg.db_path)).weak_questions(since or "")
+    groups = group_questions(items, make_embedder(cfg["dialogue"]["embedding"])) if items else []
+    if as_json:
+        click.echo(json.dumps(groups, ensure_ascii=False, indent=1))
+        return
+    if not groups:
+        click.echo("Aucune question mal traitée sur la période.")
+    for g in groups:
+        click.echo(f"\n[{g['size']}] {g['label']}")
+        for it in g["items"][:5]:
+            click.echo(f"    « {it['text']} » ({it['why']}, appel {it['call_id']} du {it['started_at'][:10]})")
 
 
 @cli.command()

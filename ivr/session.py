@@ -79,6 +79,7 @@ class CallSession:
         self._limit_hit = False
         self._pending = 0                   # jobs queued or running on the worker (turns, greeting...)
         self._spec = None                   # (audio, hint, transcript) started during the end-of-turn pause
+        self._transfer_reason = ""          # why the call went to a person (kept in its record)
         self.ended = False
         self.outcome = "abandoned"
         self.turns: list[dict] = []         # what happened, per caller turn (for simulate/bench)
@@ -304,6 +305,7 @@ class CallSession:
 
     def _finish_action(self, kind: str, reason: str) -> None:
         if kind == "transfer":
+            self._transfer_reason = reason
             self._emit("transfer", summary=reason)
             if self.on_transfer:
                 self.on_transfer(self.summary(reason))
@@ -335,7 +337,9 @@ class CallSession:
         recording = ""
         if self.e.cfg["call"]["record"] and self.e.recordings_dir:
             recording = str(self.save_recording(Path(self.e.recordings_dir) / f"{self.call_id}.wav"))
-        self.store.end_call(self.call_id, self.outcome, reason, self._t, self.summary(), recording)
+        # a transferred call's record starts with why (the desk and the console show it)
+        self.store.end_call(self.call_id, self.outcome, reason, self._t,
+                            self.summary(self._transfer_reason), recording)
         if self.on_hangup and reason not in ("caller_hangup", "transfer"):
             self.on_hangup(reason)
         if self._own_executor:

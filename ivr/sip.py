@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import unicodedata
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -82,7 +83,7 @@ class SipServer:
         ac.regConfig.registrarUri = self.sip["registrar"]
         ac.regConfig.timeoutSec = 120
         ac.regConfig.retryIntervalSec = 3
-        ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", self.sip["user"], 0, self.sip["password"]))
+        ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", self.sip["user"], 0, sip_password(self.cfg)))
         ac.mediaConfig.transportConfig.boundAddress = self.sip["bind"]
         self.account = _make_account(self)
         self.account.create(ac)
@@ -305,11 +306,26 @@ def _make_call(server: SipServer, account, call_id: int):
     return Call()
 
 
+def sip_password(cfg) -> str:
+    """The password Asterisk knows the assistant by: set in the config, or the generated secret."""
+    if cfg["sip"].get("password"):
+        return str(cfg["sip"]["password"])
+    path = Path(cfg["sip"].get("password_file") or cfg.data_dir / "secrets" / "sip_password")
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise RuntimeError(f"mot de passe SIP introuvable ({path}) : lancez scripts/asterisk.sh configure") from None
+
+
 def serve(cfg, duration: float | None = None, clock=None) -> None:
     from ivr.app import build_engines, warm_engines
 
+    sip_password(cfg)            # a missing secret is said now, not after loading the models
     engines = build_engines(cfg, clock=clock)
     warm_engines(engines)        # before registering: the first call is as fast as the tenth
+    from ivr.store import start_daily_purge
+
+    start_daily_purge(engines.store, int(cfg["call"]["retention_days"]))
     stale = engines.store.close_interrupted("sip")
     if stale:
         log.warning("%d call(s) interrupted by the previous stop were closed in the records", stale)

@@ -52,7 +52,23 @@ def _m2(db: sqlite_utils.Database) -> None:
     }, pk="id")
 
 
-MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2)]
+def _m3(db: sqlite_utils.Database) -> None:
+    """The console: accounts, the audit log, report and callback follow-up, webhook deliveries."""
+    db["users"].create({"name": str, "role": str, "pw_hash": str, "created_at": str, "last_login": str},
+                       pk="name")
+    db["audit"].create({"id": int, "at": str, "user": str, "action": str, "target": str, "detail": str},
+                       pk="id")
+    db["reports"].add_column("updated_at", str)
+    db["reports"].add_column("updated_by", str)
+    db["callbacks"].add_column("done_at", str)
+    db["callbacks"].add_column("done_by", str)
+    db["deliveries"].create({"id": int, "report_id": int, "at": str, "attempt": int, "ok": int,
+                             "status": str, "detail": str}, pk="id")
+    db["calls"].create_index(["started_at"])
+    db["turns"].create_index(["entry_id"])
+
+
+MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2), ("003_console", _m3)]
 
 
 class Store:
@@ -164,3 +180,24 @@ class Store:
                     self.db.execute(f"delete from {table} where call_id = ?", [row["id"]])
                 self.db.execute("delete from calls where id = ?", [row["id"]])
         return {"calls_deleted": len(old), "cutoff": cutoff}
+
+
+def start_daily_purge(store: Store, retention_days: int, every_s: float = 86400.0) -> threading.Thread:
+    """Retention without a cron job: purge now, then once a day, for as long as the process runs."""
+    import logging
+
+    log = logging.getLogger(__name__)
+
+    def loop():
+        while True:
+            try:
+                res = store.purge(retention_days)
+                if res["calls_deleted"]:
+                    log.info("retention: %d call(s) older than %d days deleted", res["calls_deleted"], retention_days)
+            except Exception:                      # a locked database must not end the service
+                log.exception("retention purge failed")
+            time.sleep(every_s)
+
+    t = threading.Thread(target=loop, name="daily-purge", daemon=True)
+    t.start()
+    return t

@@ -138,6 +138,14 @@ cmd_configure() {
     # Mirror exactly asterisk-conf/: stale files from earlier runs are removed.
     find "$etc" -maxdepth 1 -name '*.conf' -type f -exec rm -f {} +
     install -m 0640 "$CONF_SRC"/*.conf "$etc"/
+    # the assistant's SIP password: generated once, kept outside git, readable by root only
+    local secret=$DATA/secrets/sip_password
+    if [ ! -s "$secret" ]; then
+        mkdir -p "$DATA/secrets" && chmod 700 "$DATA/secrets"
+        (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$secret")
+        say "generated the assistant's SIP password in $secret"
+    fi
+    sed -i "s/@SIP_PASSWORD@/$(cat "$secret")/" "$etc/pjsip.conf"
     mkdir -p "$ROOT/var/spool/asterisk/monitor" "$ROOT/var/log/asterisk" "$ROOT/run/asterisk"
     say "configured: $(cd "$CONF_SRC" && ls *.conf | tr '\n' ' ')"
     if running; then

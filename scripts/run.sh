@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Set up everything, then run the assistant for real: Asterisk + `ivr serve` on this machine.
-#   scripts/run.sh           set up, start Asterisk and the assistant, say how to call it
+# Set up everything, then run the assistant for real: Asterisk + `ivr serve` + `ivr console`.
+#   scripts/run.sh           set up, start Asterisk, the assistant and the console, say how to use them
 #   scripts/run.sh --demo    the same, then place one scripted call (a recorded French question)
-#   scripts/run.sh stop      stop the assistant and Asterisk
+#   scripts/run.sh stop      stop the console, the assistant and Asterisk
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${IVR_DATA:-data}
 PIDFILE=$DATA/serve.pid
 LOG=$DATA/logs/serve.log
+CPIDFILE=$DATA/console.pid
+CLOG=$DATA/logs/console.log
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+console_running() { [ -f "$CPIDFILE" ] && kill -0 "$(cat "$CPIDFILE")" 2>/dev/null; }
 
 if [ "${1:-}" = stop ]; then
+  if console_running; then kill "$(cat "$CPIDFILE")" && echo "console stopped"; fi
   if running; then kill "$(cat "$PIDFILE")" && echo "assistant stopped"; fi
-  rm -f "$PIDFILE"
+  rm -f "$PIDFILE" "$CPIDFILE"
   scripts/asterisk.sh stop
   exit 0
 fi
@@ -33,11 +37,24 @@ for _ in $(seq 120); do
 done
 echo
 scripts/asterisk.sh status | grep -qE 'assistant/.*Avail' || { echo "ERROR: no registration; see $LOG" >&2; exit 1; }
+if ! console_running; then
+  nohup .venv/bin/ivr console >>"$CLOG" 2>&1 &
+  echo $! >"$CPIDFILE"
+fi
+URL=$(.venv/bin/python -c "from ivr.config import load_config; c = load_config()['console']; print(f\"http://{c['bind']}:{c['port']}/connexion\")")
+for _ in $(seq 30); do
+  .venv/bin/python -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$URL" 2>/dev/null && break
+  console_running || { echo "ERROR: ivr console stopped; see $CLOG" >&2; tail -20 "$CLOG" >&2; exit 1; }
+  sleep 1
+done
 cat <<TXT
 The assistant answers the town hall number.
   Call it from a softphone on this machine: SIP account "caller", server 127.0.0.1:5060 (UDP, no
   password), then dial 100. A person's desk is extension 200 (sip:desk@127.0.0.1:5080).
   Logs: $LOG    Calls: .venv/bin/ivr calls list    Stop: scripts/run.sh stop
+The console (switchboard staff and admins): $URL
+  Log in as "admin" with the password printed by the first set-up (forgotten: .venv/bin/ivr users
+  password admin). Add people with: .venv/bin/ivr users add NAME --role agent|admin
 TXT
 if [ "${1:-}" = --demo ]; then
   .venv/bin/python scripts/demo_call.py

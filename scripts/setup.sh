@@ -60,13 +60,16 @@ step "Asterisk (chroot in data/asterisk) and pjsua2"
 scripts/asterisk.sh install
 scripts/asterisk.sh configure
 VENV="$VENV" scripts/build_pjsua2.sh
-# SIPp and tcpdump: the test caller and desk, and what they hear (tests, demo, bench)
-if ! command -v sipp >/dev/null || ! command -v tcpdump >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq sip-tester tcpdump \
-    || die "apt-get install sip-tester tcpdump failed"
+# SIPp and tcpdump: the test caller and desk, and what they hear (tests, demo, bench);
+# Chromium: the browser the console's tests drive (Playwright, with Debian's binary)
+if ! command -v sipp >/dev/null || ! command -v tcpdump >/dev/null || ! command -v chromium >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends sip-tester tcpdump chromium \
+    || die "apt-get install sip-tester tcpdump chromium failed"
 fi
 
 # --- models --------------------------------------------------------------------------------------
 step "Provisioning models"
 "$VENV/bin/ivr" models provision "$@"
+# the console's first account (a generated password, printed this once; nothing if accounts exist)
+"$VENV/bin/ivr" users init
 step "Set-up complete"

@@ -254,12 +254,14 @@ def _scenario(body: str) -> str:
     return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="sipcall">\n{body}<label id="done"/>\n</scenario>\n'
 
 
-def uac_scenario(from_user: str, pcap: Path, ring_ms: int, wait_ms: int) -> str:
-    """INVITE; no answer within ring_ms (after the last provisional response): CANCEL."""
+def uac_scenario(from_user: str, pcap: Path, ring_ms: int, wait_ms: int, caller_id: str | None = None) -> str:
+    """INVITE; no answer within ring_ms (after the last provisional response): CANCEL. caller_id: the
+    number an operator trunk asserts (P-Asserted-Identity), which Asterisk passes on as the caller's."""
     me = f" {from_user} <sip:{from_user}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]"
     via = "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch="
     inv = f"{via}z9hG4bK-[pid]-[call_number]-invite\nFrom:{me}\nTo: <sip:[service]@[remote_ip]:[remote_port]>\nCall-ID: [call_id]\n"
-    invite = (f"INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n{inv}CSeq: 1 INVITE\nContact: <sip:{from_user}@[local_ip]:[local_port]>\n"
+    pai = f"P-Asserted-Identity: <sip:{caller_id}@[local_ip]>\n" if caller_id else ""
+    invite = (f"INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n{inv}CSeq: 1 INVITE\nContact: <sip:{from_user}@[local_ip]:[local_port]>\n{pai}"
               f"Max-Forwards: 70\nContent-Type: application/sdp\nContent-Length: [len]\n\n{SDP}")
     ack = f"ACK [next_url] SIP/2.0\n[routes]\n{via}[branch]\nFrom:{me}\n[last_To:]\nCall-ID: [call_id]\nCSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n"
     ring = f'timeout="{ring_ms}" ontimeout="cancel"'   # on every recv: SIPp times the current one only
@@ -296,7 +298,8 @@ class Asterisk:
 
     def __init__(self, repo: Path = REPO):
         self.repo, data = Path(repo), Path(os.environ.get("IVR_DATA", "data"))
-        self.root = (data if data.is_absolute() else self.repo / data) / "asterisk" / "root"
+        self.data = data if data.is_absolute() else self.repo / data
+        self.root = self.data / "asterisk" / "root"
         self.started = False
 
     def _script(self, cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -305,8 +308,15 @@ class Asterisk:
     def configured(self) -> bool:
         """Configured, with exactly the asterisk-conf/*.conf files (what `configure` installs)."""
         etc = self.root / "etc/asterisk"
-        want = {p.name: p.read_bytes() for p in (self.repo / "asterisk-conf").glob("*.conf")}
+        secret = self.password_file.read_bytes().strip() if self.password_file.exists() else b"?"
+        want = {p.name: p.read_bytes().replace(b"@SIP_PASSWORD@", secret)
+                for p in (self.repo / "asterisk-conf").glob("*.conf")}
         return (self.root / "etc/asterisk.debian-dist").is_dir() and want == {p.name: p.read_bytes() for p in etc.glob("*.conf")}
+
+    @property
+    def password_file(self) -> Path:
+        """The assistant's SIP secret, made by `scripts/asterisk.sh configure`."""
+        return self.data / "secrets" / "sip_password"
 
     def cli(self, command: str) -> str:
         """Output of an Asterisk CLI command, e.g. cli("pjsip show contacts")."""
@@ -343,7 +353,7 @@ class CallResult:
 
 def place_call(audio: np.ndarray, *, extension: str = "100", from_user: str = "caller", dtmf=(),
                hangup_after: float | None = None, timeout: float = 60, local_port: int | None = None,
-               rtp_port: int | None = None, keep: bool = False) -> CallResult:
+               rtp_port: int | None = None, keep: bool = False, caller_id: str | None = None) -> CallResult:
     """A real call from SIPp (UAC on 127.0.0.1:local_port, RTP on rtp_port; None: free_port_pair())
     to Asterisk 127.0.0.1:5060 `extension`, as From user `from_user`. Once answered it plays `audio`
     (int16 8 kHz mono) and `dtmf` [(seconds after answer, key), keys >= 0.2 s apart], and hangs up
@@ -355,7 +365,8 @@ def place_call(audio: np.ndarray, *, extension: str = "100", from_user: str = "c
     work = Path(tempfile.mkdtemp(prefix="sipcall-"))
     write_pcap(work / "send.pcap", rtp_packets(np.asarray(audio, np.int16), dtmf))
     wait = timeout if hangup_after is None else hangup_after
-    (work / "uac.xml").write_text(uac_scenario(from_user, work / "send.pcap", int(1000 * timeout), int(1000 * wait)))
+    (work / "uac.xml").write_text(uac_scenario(from_user, work / "send.pcap", int(1000 * timeout), int(1000 * wait),
+                                               caller_id))
     cap = sipp = None
     rc = -9
     try:
@@ -477,7 +488,11 @@ class Assistant:
 
     def start(self) -> "Assistant":
         env = dict(os.environ, IVR_DATA=str(self.data), IVR_PATHS__MODELS=str(REPO / "data" / "models"),
-                   IVR_PATHS__CORPUS=str(REPO / "corpus"), IVR_PATHS__CACHE=str(REPO / "data" / "cache"), **self.env)
+                   IVR_PATHS__CORPUS=str(REPO / "corpus"), IVR_PATHS__CACHE=str(REPO / "data" / "cache"),
+                   IVR_SIP__PASSWORD_FILE=str(self.asterisk.password_file))
+        env.update(self.env)
+        if self.code != REPO:      # another checkout may predate the secret file: give the password itself
+            env["IVR_SIP__PASSWORD"] = self.asterisk.password_file.read_text().strip()
         # a fixed time (a weekday morning by default) so transfers do not depend on when tests run
         self.proc = subprocess.Popen([sys.executable, "-m", "ivr.cli", "serve", "--at", self.at], cwd=self.code,
                                      env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)

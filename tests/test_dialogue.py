@@ -118,6 +118,15 @@ def test_person_request_outside_hours_takes_a_message(conv):
     assert cb["phone"] == "0612345678" and "durand" in cb["message"]
 
 
+def test_a_phone_number_is_taken_from_the_asr_second_reading_when_the_first_has_none(conv):
+    c = conv(at=CLOSED_TIME)
+    c.on_text("je voudrais parler à quelqu'un")
+    c.on_text("oui")
+    assert "numéro" in c.on_text("c'est madame durand pour mon dossier").text
+    r = c.on_text("c'est le zéro six douze trente", alternatives=["c'est le 06 12 34 56 78"])
+    assert r.end_call and r.outcome == "message" and "06 12 34 56 78" in r.text
+
+
 def test_key_0_and_spoken_request_transfer_when_open(conv):
     assert conv().on_dtmf("0").transfer
     r = conv().on_text("passez-moi un agent s'il vous plaît")
@@ -374,7 +383,7 @@ entries:
     with pytest.raises(CorpusError) as exc:
         load_corpus(tmp_path / "c")
     text = "\n".join(exc.value.problems)
-    for expected in ("cimetiere.yaml cimetiere.a: 'dict object' has no attribute 'horaire'",
+    for expected in ("cimetiere.yaml cimetiere.a: balise inconnue « horaire »",
                      "cimetiere.yaml cimetiere.b: ponctuation doublée", "cimetiere.b: identifiant en double",
                      "au moins deux questions", "réponse de plus de trois phrases"):
         assert expected in text, text
