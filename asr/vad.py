@@ -199,6 +199,8 @@ class VoiceSegmenter:
                 self._last_speech = self._n
                 self._speech_run += self.frame_ms
                 self._gap = 0
+            elif speech_prob >= self._neg_threshold:
+                pass    # unsure (Silero gives 0.4-0.5 inside short synthetic or phone-band words): no reset
             else:
                 self._gap += self.frame_ms
                 if self._gap > 100:  # a short dip is tolerated, a pause resets the candidate

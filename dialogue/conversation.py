@@ -29,6 +29,8 @@ class Reply:
     satisfaction: int | None = None
     outcome: str | None = None
     ticket: str | None = None
+    service: str | None = None     # the commune service the caller asked for (commune.yaml key)
+    transfer_to: str | None = None  # its extension, when the transfer goes there rather than the desk
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,13 +48,18 @@ PERSON = _rx(r"(?:parler|passer|joindre|avoir|mettre en relation|transferer)\b.{
              r"conseill\w*|operat\w*|standard\w*|secretari\w*|vrai\w*|employe\w*|responsable|elu|maire)",
              r"passez[- ]moi", r"un agent", r"une personne", r"un humain", r"le standard", r"un conseiller",
              r"une conseillere", r"un operateur", r"une operatrice", r"quelqu ?'? ?un de la mairie")
+# asking to be put through: "passez-moi le CCAS", "je voudrais parler au service urbanisme"
+ROUTE = _rx(r"parler", r"passer", r"passez", r"joindre", r"mettre en relation", r"me mettre", r"mettez", r"transferer",
+            r"transferez", r"contacter", r"appeler", r"avoir (?:le|la|les|l)")
 YES = re.compile(r"^(?:oui|ouais|ouaip|yes|d'accord|dac|ok|okay|exactement|c'est (?:bien )?ca|c'est exact|tout a fait|"
                  r"absolument|bien sur|volontiers|affirmatif|correct|c'est correct|parfait|je veux bien|"
                  r"allez-y|allez y|vas-y|s'il vous plait)\b")
 NO = re.compile(r"^(?:non|nan|no|pas du tout|pas vraiment|negatif|aucune?|rien|ni l'un ni l'autre|c'est pas ca|"
                 r"ce n'est pas ca|pas besoin|ce sera tout|c'est tout|ca ira|non merci)\b")
 REPEAT = _rx(r"repete[rz]?", r"repetez", r"redire", r"redites", r"redis", r"pas (?:bien )?(?:compris|entendu)",
-             r"encore une fois", r"vous pouvez repeter", r"comment\s*\??$", r"pardon\s*\??$", r"quoi\s*\??$")
+             r"encore une fois", r"vous pouvez repeter",
+             # alone, not at the end of a question ("il s'occupe de quoi")
+             r"^(?:(?:euh|hein|pardon|quoi|comment|excusez[- ]moi)[\s,?!.]*){1,3}$")
 GOODBYE = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"bonne fin de journee", r"a bientot", r"salut",
               r"c'est tout", r"ce sera tout", r"merci (?:beaucoup|bien|infiniment)", r"^merci$", r"^merci ?madame$",
               r"^merci ?monsieur$")
@@ -172,6 +179,9 @@ class Conversation:
             return self._message_input(text, raw)
         if not raw.strip(" .?!,"):
             return self._not_understood("empty")
+        service = self._named_service(raw)
+        if service:
+            return self._to_service(service)
         if PERSON.search(raw):
             return self._to_person("demande à parler à un agent")
         if FAREWELL.search(raw) and len(clean_query(raw).split()) <= 3 and stage != "satisfaction":
@@ -315,6 +325,37 @@ class Conversation:
             "message", f"La mairie est fermée en ce moment ; elle ouvrira {self.commune.next_opening(self.clock())}. "
                        "Voulez-vous laisser un message pour être rappelé ?"))
 
+    def _named_service(self, raw: str) -> str | None:
+        """The service a caller asks to be put through to, if any: a routing verb and a service's name,
+        or the name alone in a few words ("le CCAS s'il vous plaît")."""
+        service = self.commune.service_named(raw)
+        if not service:
+            return None
+        if ROUTE.search(raw):
+            return service
+        words = len(re.sub(r"\b(\w) (?=\w(?:\s|$))", r"\1", raw).split())      # "c c a s" is one word
+        if words <= 8 and re.search(r"\bservice\b|s'il vous plait|\bsvp\b", raw):
+            return service
+        return None
+
+    def _to_service(self, key: str) -> Reply:
+        svc = self.commune.data["services"][key]
+        name, ext = svc["nom"], str(svc.get("poste") or "")
+        summary = f"demande {name} ; dit : " + " / ".join(self.s.history[-3:])
+        if not ext:                     # not on the town hall's switchboard: say how to reach it
+            self.s.stage = "after_answer"
+            return self._say(Reply("answer", f"Vous pouvez joindre {name} au {svc.get('telephone', '')}. "
+                                   "Avez-vous une autre question ?", service=key))
+        now = self.clock()
+        if self.commune.is_open(now, key):
+            return self._say(Reply("transfer", f"Je vous passe {name}, ne quittez pas.", transfer=True,
+                                   summary=summary[:300], service=key, transfer_to=ext))
+        self.s.stage = "message_offer"
+        self.s.message = {"service": key}
+        return self._say(Reply("message", f"Ce service est fermé en ce moment ; il ouvrira "
+                               f"{self.commune.next_opening(now, key)}. Voulez-vous laisser un message "
+                               "pour être rappelé ?", service=key))
+
     def _not_understood(self, why: str) -> Reply:
         self.s.misunderstandings += 1
         if self.s.misunderstandings >= int(self.cfg.get("max_misunderstandings", 2)):
@@ -327,7 +368,12 @@ class Conversation:
 
     def _question(self, text: str) -> Reply:
         words = text.split()
-        query = " ".join(words[-60:]) if len(words) > 80 else text  # a long story ends with its question
+        query = text
+        if len(words) > 80:         # a long story ends with its question, often after "bref"
+            tail = " ".join(words[-60:])
+            m = list(re.finditer(r"\b(?:bref|en fait|ma question|je voulais savoir|je voudrais savoir|donc)\b",
+                                 tail, re.I))
+            query = tail[m[-1].end():] if m and len(tail[m[-1].end():].split()) >= 3 else tail
         self.s.asked = query
         res = self.index.search(self._without_places(query))
         if res.confidence < float(self.cfg["answer_threshold"]):
@@ -580,7 +626,7 @@ class Conversation:
                                        "tapez-le, ou dites non."))
             m["phone"] = phone
         if self.store is not None:
-            self.store.add_callback(self.call_id, m["text"], m.get("phone", ""))
+            self.store.add_callback(self.call_id, m["text"], m.get("phone", ""), m.get("service", ""))
         phone = f" au {spoken_phone(m['phone'])}" if m.get("phone") else ""
         return self._say(Reply("message", f"Votre message est enregistré ; un agent vous rappellera{phone} dès "
                                "l'ouverture. Merci, au revoir.", cacheable=False, end_call=True, outcome="message"))

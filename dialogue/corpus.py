@@ -130,6 +130,19 @@ class Commune:
             out[sid] = dict(s, horaires=self.hours_for_phone(sid))
         return out
 
+    def service_named(self, text: str) -> str | None:
+        """The service whose name (or one of its `appels` words in commune.yaml) the text contains;
+        spelled-out acronyms ("c c a s") count. The longest name wins."""
+        t = _fold(text)
+        t = re.sub(r"\b(\w) (?=\w(?:\s|$))", r"\1", t)     # "c c a s" -> "ccas"
+        best, best_len = None, 0
+        for key, svc in self.data.get("services", {}).items():
+            for name in [key.replace("_", " ")] + list(svc.get("appels") or []):
+                n = _fold(str(name))
+                if len(n) > best_len and re.search(r"\b" + re.escape(n) + r"\b", t):
+                    best, best_len = key, len(n)
+        return best
+
     def hours_for_phone(self, service: str) -> str:
         """The week when it is short to say; otherwise today and tomorrow, and how to ask for another
         day (a week of split opening hours takes half a minute to hear)."""

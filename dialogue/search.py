@@ -45,11 +45,14 @@ def lexical_form(text: str) -> str:
 def build_vocabulary(texts: list[str]) -> dict[str, str]:
     """Words of the corpus, accent-free form -> the form written in the corpus (long words only: the
     ones an ASR misspells, like "déchetterie" heard as "déchétrie")."""
-    vocab: dict[str, str] = {}
+    from collections import Counter
+
+    forms: Counter = Counter()
     for t in texts:
-        for w in re.findall(r"[\w]+", clean_query(t)):
-            if len(w) >= 5 and not w.isdigit():
-                vocab.setdefault(strip_accents(w), w)
+        forms.update(w for w in re.findall(r"[\w]+", clean_query(t)) if len(w) >= 5 and not w.isdigit())
+    vocab: dict[str, str] = {}
+    for w, _ in forms.most_common():       # the spelling the corpus uses most (accents, not typos)
+        vocab.setdefault(strip_accents(w), w)
     return vocab
 
 
@@ -156,7 +159,7 @@ class FaqIndex:
     embeddings + n-grams) to 94 %, and the probability separates off-topic queries far better.
     """
 
-    VERSION = 7
+    VERSION = 8
     C = 20.0              # inverse regularisation of the classifier
 
     def __init__(self, corpus: Corpus, embedder: Embedder):

@@ -50,7 +50,7 @@ class SessionEvent:
 
 class CallSession:
     def __init__(self, engines: Engines, transport: str = "test", caller: str = "",
-                 on_transfer: Callable[[str], None] | None = None,
+                 on_transfer: Callable[[str, str | None], None] | None = None,
                  on_hangup: Callable[[str], None] | None = None,
                  on_event: Callable[[SessionEvent], None] | None = None,
                  inline: bool = False, executor: ThreadPoolExecutor | None = None):
@@ -80,6 +80,7 @@ class CallSession:
         self._pending = 0                   # jobs queued or running on the worker (turns, greeting...)
         self._spec = None                   # (audio, hint, transcript) started during the end-of-turn pause
         self._transfer_reason = ""          # why the call went to a person (kept in its record)
+        self._transfer_to = None            # a service's extension (None: the desk)
         self.ended = False
         self.outcome = "abandoned"
         self.turns: list[dict] = []         # what happened, per caller turn (for simulate/bench)
@@ -260,6 +261,7 @@ class CallSession:
             self.store.set_satisfaction(self.call_id, reply.satisfaction)
         if reply.transfer:
             self.outcome = "transferred"
+            self._transfer_to = reply.transfer_to
             self._after_playback = ("transfer", reply.summary or transcript or "")
         elif reply.end_call:
             if self.outcome == "abandoned":
@@ -308,7 +310,7 @@ class CallSession:
             self._transfer_reason = reason
             self._emit("transfer", summary=reason)
             if self.on_transfer:
-                self.on_transfer(self.summary(reason))
+                self.on_transfer(self.summary(reason), self._transfer_to)
             self.close("transfer")
         else:
             self.close(reason)

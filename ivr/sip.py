@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -119,10 +120,10 @@ class SipServer:
             except Exception:
                 log.exception("SIP command failed")
 
-    def transfer(self, pid: int, summary: str) -> None:
+    def transfer(self, pid: int, summary: str, extension: str | None = None) -> None:
         call = self.calls.get(pid)
         if call is not None:
-            call.transfer(summary)
+            call.transfer(summary, extension=extension)
 
     def hangup(self, pid: int) -> None:
         """A goodbye: transfer to the dialplan's "fin" extension, which hangs up the caller. A plain
@@ -231,7 +232,7 @@ def _make_call(server: SipServer, account, call_id: int):
                 pid = self.getId()
                 self.box.session = CallSession(
                     server.engines, transport="sip", caller=ci.remoteUri,     # one worker per call: turns in order
-                    on_transfer=lambda summary: server.commands.put(lambda: server.transfer(pid, summary)),
+                    on_transfer=lambda summary, ext=None: server.commands.put(lambda: server.transfer(pid, summary, ext)),
                     on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)))
                 log.info("call %s answered (%s)", self.session.call_id, ci.remoteUri)
             elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
@@ -259,7 +260,7 @@ def _make_call(server: SipServer, account, call_id: int):
                 # Asterisk never sends BYE to the transferor: end our own leg
                 self.end_now()
 
-        def transfer(self, summary: str, target: str | None = None):
+        def transfer(self, summary: str, target: str | None = None, extension: str | None = None):
             if self.done or self.transferring:
                 return
             self.transferring = True
@@ -267,7 +268,10 @@ def _make_call(server: SipServer, account, call_id: int):
             if target is None:
                 # The desk learns why the call came: the Refer-To URI carries the call id and the
                 # reason; Asterisk keeps it in SIPREFERTOHDR, the dialplan copies it into X-Mairie-Appel.
-                target = (f"{server.sip['desk_uri']};ivr-call={cid}"
+                desk = server.sip["desk_uri"]
+                if extension:            # a service's own extension, on the same PBX as the desk
+                    desk = re.sub(r"^(sips?:)[^@]+@", lambda m: f"{m.group(1)}{extension}@", desk)
+                target = (f"{desk};ivr-call={cid}"
                           f";ivr-motif={quote(ascii_header(summary, 100), safe='')}")
             log.info("call %s: transfer to %s", cid, target.split(";")[0])
             try:

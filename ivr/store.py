@@ -68,7 +68,12 @@ def _m3(db: sqlite_utils.Database) -> None:
     db["turns"].create_index(["entry_id"])
 
 
-MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2), ("003_console", _m3)]
+def _m4(db: sqlite_utils.Database) -> None:
+    db["callbacks"].add_column("service", str)        # the service a message is for (commune.yaml key)
+
+
+MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2), ("003_console", _m3),
+              ("004_callback_service", _m4)]
 
 
 class Store:
@@ -163,10 +168,11 @@ class Store:
             self.db["reports"].update(row.last_pk, {"ticket": ticket})
         return ticket
 
-    def add_callback(self, call_id: str | None, message: str, phone: str = "") -> int:
+    def add_callback(self, call_id: str | None, message: str, phone: str = "", service: str = "") -> int:
         with self._lock:
             return self.db["callbacks"].insert({"call_id": call_id, "message": message, "phone": phone or None,
-                                                "status": "à rappeler", "created_at": now_iso()}).last_pk
+                                                "service": service or None, "status": "à rappeler",
+                                                "created_at": now_iso()}).last_pk
 
     def purge(self, older_than_days: int) -> dict:
         """Retention: delete calls (and their turns, events, recordings) older than the limit."""

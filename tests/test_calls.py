@@ -98,6 +98,20 @@ def test_asking_for_a_person_transfers_to_the_desk_with_audio_and_a_summary(assi
     assert call["outcome"] == "transferred" and call["id"] in invite
 
 
+def test_asking_for_a_named_service_rings_its_extension(assistant, engines):
+    audio = speech_at([(9.0, "Bonjour, je voudrais parler au service urbanisme, s'il vous plaît.")], 24)
+    with Desk() as desk:
+        r = place_call(audio, hangup_after=24)
+        time.sleep(1)
+    assert r.answered and desk.calls_received() == 1
+    invite = desk.invite_headers()[0]
+    assert invite.startswith("INVITE sip:220@"), invite.splitlines()[0]        # urbanisme's extension
+    assert "X-Mairie-Appel:" in invite and "urbanisme" in invite
+    wait_idle(assistant.store)
+    call = assistant.last_calls()[0]
+    assert call["outcome"] == "transferred" and call["summary"].startswith("demande le service urbanisme")
+
+
 def test_key_0_transfers_to_the_desk(assistant):
     with Desk() as desk:
         r = place_call(np.zeros(20 * RATE, np.int16), dtmf=[(10.0, "0")], hangup_after=20)

@@ -1,4 +1,5 @@
 """The conversation with the real corpus and search index: answer, clarify, guide, report, transfer."""
+import datetime as dt
 import json
 import re
 import subprocess
@@ -125,6 +126,35 @@ def test_a_phone_number_is_taken_from_the_asr_second_reading_when_the_first_has_
     assert "numéro" in c.on_text("c'est madame durand pour mon dossier").text
     r = c.on_text("c'est le zéro six douze trente", alternatives=["c'est le 06 12 34 56 78"])
     assert r.end_call and r.outcome == "message" and "06 12 34 56 78" in r.text
+
+
+def test_a_named_service_is_put_through_to_its_extension_or_takes_a_message_when_closed(conv):
+    for said, key, ext in (("je voudrais parler au service urbanisme", "urbanisme", "220"),
+                           ("passez-moi la police municipale s'il vous plaît", "police_municipale", "250"),
+                           ("le c c a s s'il vous plaît", "ccas", "230"),
+                           ("vous pouvez me mettre en relation avec la cantine", "enfance", "240")):
+        r = conv().on_text(said)
+        assert (r.action, r.transfer, r.service, r.transfer_to) == ("transfer", True, key, ext), said
+        assert r.summary.startswith("demande ") and said.split()[0] in r.summary
+    # a person, without a service: the desk
+    r = conv().on_text("je voudrais parler à quelqu'un")
+    assert r.transfer and r.transfer_to is None and r.service is None
+    # not on the switchboard: its number is said
+    r = conv().on_text("vous pouvez me passer la déchetterie")
+    assert r.action == "answer" and r.service == "dechetterie" and "01 99 47 20 80" in r.text
+    # a question about a service is answered, not transferred ("quoi" at the end is not "pardon ?")
+    r = conv().on_text("le CCAS il s'occupe de quoi")
+    assert r.action == "answer" and r.theme == "social" and not r.transfer
+    # closed (urbanisme has no afternoon on Tuesdays): a message for that service
+    c = conv(at=dt.datetime(2026, 12, 1, 15, 0))
+    r = c.on_text("je voudrais parler au service urbanisme")
+    assert r.action == "message" and r.service == "urbanisme" and "demain à 9 h" in r.text
+    c.on_text("oui")
+    c.on_text("c'est monsieur petit pour mon permis de construire")
+    r = c.on_text("06 11 22 33 44")
+    assert r.end_call and r.outcome == "message"
+    cb = list(conv.store.db["callbacks"].rows)[-1]
+    assert cb["service"] == "urbanisme" and cb["phone"] == "0611223344" and "permis" in cb["message"]
 
 
 def test_key_0_and_spoken_request_transfer_when_open(conv):

@@ -230,8 +230,10 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     @anyone
     def callbacks():
         rows = q.callbacks(done=request.args.get("faits") == "1")
+        services = knowledge.services()
         for r in rows:
             r["caller_shown"] = mask_number(r["caller"]) if g.user["role"] != "admin" else caller_number(r["caller"])
+            r["service_name"] = (services.get(r.get("service") or "") or {}).get("nom")
         return render_template("callbacks.html", rows=rows, done=request.args.get("faits") == "1")
 
     @app.post("/rappels/<int:cb_id>/fait")
@@ -467,55 +469,76 @@ def deliver(store: Store, ccfg: dict, report: dict, delays=(0, 2, 10)) -> bool:
 
 
 class _KnowledgeView:
-    """The corpus, its index and an embedder, loaded lazily in the console process (the first admin
-    page that needs them pays ~2 s) and reloaded when the files change."""
+    """The corpus (cheap: reloaded when its files change), the search index (built or loaded only for
+    "try a question", as `ivr serve` would) and the embedder (for grouping questions), in the console
+    process. An edit that needs a new index does not block the other pages while it builds."""
 
     def __init__(self, cfg, clock):
         self.cfg, self.clock = cfg, clock
         self._lock = threading.Lock()
-        self._pair = None
-        self._key = None
+        self._corpus = self._corpus_key = None
+        self._pair = self._pair_key = None
+        self._embedder = None
         self._error = None
 
-    def _load(self):
-        from dialogue.corpus import CorpusError, fingerprint
+    def corpus(self):
+        from dialogue.corpus import CorpusError, fingerprint, load_corpus
+
+        key = fingerprint(self.cfg.corpus_dir)
+        with self._lock:
+            if self._corpus is None or key != self._corpus_key:
+                try:
+                    self._corpus, self._corpus_key = load_corpus(self.cfg.corpus_dir, self.clock().date()), key
+                    self._error = None
+                except CorpusError as exc:
+                    self._error = str(exc)
+                    if self._corpus is None:
+                        raise
+            return self._corpus
+
+    def _index(self):
+        from dialogue.corpus import fingerprint
 
         from ivr.app import build_dialogue
 
         key = fingerprint(self.cfg.corpus_dir)
         with self._lock:
-            if self._pair is None or key != self._key:
-                try:
-                    self._pair = build_dialogue(self.cfg, self.clock().date())
-                    self._key, self._error = key, None
-                except CorpusError as exc:
-                    self._error = str(exc)
-                    if self._pair is None:
-                        raise
+            if self._pair is None or key != self._pair_key:
+                self._pair, self._pair_key = build_dialogue(self.cfg, self.clock().date()), key
             return self._pair
+
+    def embedder(self):
+        from dialogue.search import make_embedder
+
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = make_embedder(self.cfg["dialogue"]["embedding"])
+            return self._embedder
 
     def invalidate(self):
         with self._lock:
-            self._key = None
+            self._corpus_key = None
 
     def error(self):
         return self._error
 
+    def services(self) -> dict:
+        try:
+            return self.corpus().commune.data.get("services", {})
+        except Exception:
+            return {}
+
     def commune_name(self) -> str:
         try:
-            import yaml
-
-            data = yaml.safe_load((self.cfg.corpus_dir / "commune.yaml").read_text(encoding="utf-8"))
-            return data["commune"]["nom"]
+            return self.corpus().commune.name
         except Exception:
             return ""
 
     def by_theme(self):
         from dialogue.corpus import EXTRA_THEMES, THEMES
 
-        corpus, _ = self._load()
         out: dict[str, list] = {}
-        for e in corpus.entries:
+        for e in self.corpus().entries:
             out.setdefault(e.theme, []).append(e)
         names = dict(THEMES, **EXTRA_THEMES)
         return [(t, names.get(t, t), out[t]) for t in sorted(out, key=lambda t: names.get(t, t))]
@@ -523,7 +546,7 @@ class _KnowledgeView:
     def try_question(self, text: str) -> dict:
         from dialogue.conversation import Conversation
 
-        corpus, index = self._load()
+        corpus, index = self._index()
         conv = Conversation(corpus, index, self.cfg["dialogue"], clock=self.clock)
         reply = conv.on_text(text)
         res = index.search(text)
@@ -534,7 +557,4 @@ class _KnowledgeView:
     def group(self, items: list[dict]) -> list[dict]:
         from dialogue.insights import group_questions
 
-        if not items:
-            return []
-        _, index = self._load()
-        return group_questions(items, index.embedder)
+        return group_questions(items, self.embedder()) if items else []
