@@ -318,6 +318,7 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     ctx = {
         "commune": commune.data["commune"],
+        "infos": commune.data.get("infos", {}),
         "services": commune.services_context(),
         "prochains_evenements": commune.prochains_evenements,
         "travaux_en_cours": commune.travaux_en_cours,

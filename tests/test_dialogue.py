@@ -157,6 +157,27 @@ def test_a_named_service_is_put_through_to_its_extension_or_takes_a_message_when
     assert cb["service"] == "urbanisme" and cb["phone"] == "0611223344" and "permis" in cb["message"]
 
 
+@pytest.mark.parametrize("said, entry, fact", [
+    ("vous fermez à quelle heure ce soir", "mairie_pratique.horaires", "17 h 30"),
+    ("le cimetière il ferme à quelle heure le dimanche", "cimetiere.horaires", "18 h"),
+    ("combien ça coûte de louer la salle des fêtes pour un anniversaire", "sport_culture_loisirs.location_salle",
+     "250 euros"),
+    ("c'est quand le prochain marché", "vie_locale.marche_hebdomadaire", "le samedi de 8 h à 12 h 30"),
+    ("la garderie du matin elle ouvre à quelle heure", "enfance_scolarite.periscolaire", "de 7 h 30 à 8 h 20"),
+    ("est-ce qu'il reste des places à la crèche pour janvier", "enfance_scolarite.petite_enfance", "36 places"),
+    ("le lampadaire devant le 8 rue des lilas il s'allume plus depuis lundi", "eclairage.signaler_panne", "8 rue des Lilas"),
+    ("y a une voiture sans plaques garée depuis trois semaines sur le parking du stade",
+     "voirie_stationnement.signaler_vehicule_ventouse", ""),
+    ("quelqu'un a jeté des gravats le long du chemin des prés", "dechets.depot_sauvage", "chemin des Prés"),
+])
+def test_questions_of_the_classes_that_used_to_fail_get_their_entry_and_the_local_fact(conv, said, entry, fact):
+    """Issue 10: places that are also topics (cemetery, salle des fêtes) were taken out of the question,
+    reports stated as facts, and answers that sent callers elsewhere instead of saying the commune's fact."""
+    r = conv().on_text(said)
+    assert r.entry_id == entry and r.action in ("answer", "signalement"), (r.action, r.entry_id, r.confidence)
+    assert fact in r.text, r.text
+
+
 def test_key_0_and_spoken_request_transfer_when_open(conv):
     assert conv().on_dtmf("0").transfer
     r = conv().on_text("passez-moi un agent s'il vous plaît")
