@@ -183,7 +183,7 @@ class Transcriber:
         """`hint`: what the caller is expected to say now (e.g. "Oui. Non."), added to the end of the
         prompt (the commune's vocabulary): a caller may still ask a question instead. `force`: skip
         the speech gates (warm-up)."""
-        from ivr.audio import pcm_to_float, resample, rms_dbfs
+        from audio.pcm import pcm_to_float, resample, rms_dbfs
 
         audio_s = len(pcm) / sample_rate
         if not force:

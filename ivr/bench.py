@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ivr.audio import iter_frames, phone_line, read_audio
+from audio.pcm import iter_frames, phone_line, read_audio
 from ivr.metrics import edit_distance, words_for_scoring
 
 ROOT = Path(__file__).resolve().parents[1]

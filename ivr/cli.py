@@ -18,7 +18,7 @@ log = logging.getLogger("ivr")
 def _user_errors():
     from asr.transcriber import ModelMissing
     from dialogue.corpus import CorpusError
-    from ivr.audio import AudioError
+    from audio.pcm import AudioError
     from tts.synthesizer import TTSError
 
     return (ConfigError, ModelMissing, CorpusError, AudioError, TTSError, FileNotFoundError)
@@ -150,7 +150,7 @@ def say(cfg, text, entry_id, out_wav, phone, at):
     """Hear a text or an answer as callers will: prints what is said, sentence by sentence."""
     import numpy as np
 
-    from ivr.audio import phone_line, write_wav
+    from audio.pcm import phone_line, write_wav
     from tts.synthesizer import Speaker, make_synthesizer
 
     if entry_id:

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from asr.vad import BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, make_detector
-from ivr.audio import frame_samples, rms_dbfs
+from audio.pcm import frame_samples, rms_dbfs
 from ivr.echo import EchoMeter
 
 log = logging.getLogger(__name__)

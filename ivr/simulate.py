@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ivr.audio import iter_frames, read_audio, write_wav
+from audio.pcm import iter_frames, read_audio, write_wav
 
 log = logging.getLogger(__name__)
 

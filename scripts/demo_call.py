@@ -10,7 +10,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ivr.audio import read_audio  # noqa: E402
+from audio.pcm import read_audio  # noqa: E402
 from ivr.config import load_config  # noqa: E402
 from ivr.store import Store  # noqa: E402
 from tests.sipcall import place_call  # noqa: E402

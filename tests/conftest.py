@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ivr.audio import phone_line, read_audio
+from audio.pcm import phone_line, read_audio
 from ivr.config import load_config
 from ivr.metrics import wer  # noqa: F401 (re-exported for the tests)
 

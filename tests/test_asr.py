@@ -4,7 +4,7 @@ import pytest
 
 from asr.transcriber import HINTS, ModelMissing, Transcriber, _cut_loop, _echoes, is_hallucination
 from dialogue.conversation import NO, YES, _n
-from ivr.audio import phone_line, read_audio
+from audio.pcm import phone_line, read_audio
 from tests.conftest import caller_voice, core_sounds, make_cfg, wer, with_silence
 
 RATE = 8000

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ivr.audio import AudioError, read_audio, ulaw_decode, ulaw_encode
+from audio.pcm import AudioError, read_audio, ulaw_decode, ulaw_encode
 from ivr.config import ConfigError, load_config
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ivr.audio import rms_dbfs
+from audio.pcm import rms_dbfs
 from ivr.store import Store
 from tests.conftest import caller_voice
 from tests.sipcall import Assistant, Asterisk, Desk, place_call, reactive_call

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from ivr.audio import read_audio, rms_dbfs, write_wav
+from audio.pcm import read_audio, rms_dbfs, write_wav
 from ivr.simulate import run_session_on_audio
 from ivr.store import Store
 from tests.conftest import ROOT, caller_voice, with_silence
@@ -94,7 +94,7 @@ def test_a_question_over_the_greeting_keeps_its_first_words(engines):
 def test_the_line_echo_is_not_the_caller_but_the_caller_over_it_is_heard(engines):
     """A line that sends our voice back 12 dB down, 60 ms late; the caller starts 2.5 s into the
     greeting, 5 dB below our voice (louder than the echo, quieter than us)."""
-    from ivr.audio import rms_dbfs
+    from audio.pcm import rms_dbfs
     from ivr.session import CallSession
 
     rate = 8000

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ivr.audio import rms_dbfs
+from audio.pcm import rms_dbfs
 from tests.conftest import wer
 from tts.normalize import normalize, sentences
 from tts.synthesizer import PicoSynthesizer, PiperSynthesizer, Speaker, TTSError, make_synthesizer, packaged_piper_voice

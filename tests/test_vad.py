@@ -2,7 +2,7 @@
 import numpy as np
 
 from asr.vad import BargeIn, SileroVad, SpeechEnded, SpeechStarted, VoiceSegmenter, WebRtcVad
-from ivr.audio import iter_frames
+from audio.pcm import iter_frames
 from tests.conftest import caller_voice, with_silence
 
 RATE = 8000
@@ -120,7 +120,7 @@ def test_an_old_burst_does_not_pull_the_start_back():
 
 
 def test_echo_meter_measures_the_line_echo_even_while_the_caller_talks():
-    from ivr.audio import phone_line, read_audio
+    from audio.pcm import phone_line, read_audio
     from ivr.echo import EchoMeter
     from tests.conftest import core_sounds
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ivr.audio import read_audio, resample, write_wav
+from audio.pcm import read_audio, resample, write_wav
 from tts.normalize import normalize, sentences
 
 log = logging.getLogger(__name__)
