@@ -141,7 +141,7 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     @limiter.limit(ccfg["login_rate_address"], methods=["POST"], deduct_when=failed)                # per address
     def login():
         suite = request.values.get("suite") or ""
-        if not suite.startswith("/") or suite.startswith("//"):
+        if not suite.startswith("/") or suite.startswith("//") or "\\" in suite:    # no redirect off-site
             suite = ""
         if request.method == "POST":
             user = accounts.verify(request.form.get("nom", "").strip(), request.form.get("mot_de_passe", ""))
@@ -294,8 +294,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         w = csv.writer(buf, delimiter=";")
         w.writerow(["ticket", "date", "catégorie", "lieu", "description", "rappel", "statut", "appel"])
         for r in q.reports():
-            w.writerow([r["ticket"], r["created_at"], r["category"], r["place"], r["description"],
-                        r["callback"] or "", r["status"], r["call_id"] or ""])
+            w.writerow([_cell(v) for v in (r["ticket"], r["created_at"], r["category"], r["place"],
+                                           r["description"], r["callback"] or "", r["status"], r["call_id"] or "")])
         audit(store, g.user["name"], "export CSV des signalements")
         name = f"signalements-{clock().date().isoformat()}.csv"
         return Response("\ufeff" + buf.getvalue(), mimetype="text/csv; charset=utf-8",
@@ -422,6 +422,12 @@ def hash_tail(number: str) -> str:
     from ivr.console.queries import hash_number
 
     return "appelant " + hash_number(f"sip:{number}@")
+
+
+def _cell(value) -> str:
+    """A CSV cell a spreadsheet will not run: what a caller said may start with = + - or @."""
+    text = str(value if value is not None else "")
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def _inside(folder: Path, path: str) -> bool:
