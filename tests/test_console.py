@@ -18,11 +18,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ivr.store import Store
-from tests.sipcall import RATE, REPO, Assistant, Asterisk, Desk, place_call
+from tests.sipcall import REPO, Assistant, Asterisk, Desk, place_call
 from tests.test_calls import speech_at, wait_idle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -25,7 +25,7 @@ from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from ivr.console.accounts import ROLE_NAMES, Accounts, audit, secret
-from ivr.console.queries import ACTIONS, OUTCOMES, REPORT_STATUSES, Queries, caller_number, mask_number, reason_of
+from ivr.console.queries import ACTIONS, OUTCOMES, REPORT_STATUSES, Queries, caller_number, mask_number
 from ivr.store import Store, now_iso
 
 log = logging.getLogger(__name__)
