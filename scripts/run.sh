@@ -3,7 +3,7 @@
 #   scripts/run.sh           set up, start Asterisk, the assistant and the console, say how to use them
 #   scripts/run.sh --demo    the same, then place one scripted call (a recorded French question)
 #   scripts/run.sh stop      stop the console, the assistant and Asterisk
-set -euo pipefail
+set -euo pipefail   # (grep -q would end a pipe early: pipefail would then see SIGPIPE)
 cd "$(dirname "$0")/.."
 DATA=${IVR_DATA:-data}
 PIDFILE=$DATA/serve.pid
@@ -31,12 +31,12 @@ if ! running; then
 fi
 printf 'waiting for the assistant to register'
 for _ in $(seq 120); do
-  if scripts/asterisk.sh status 2>/dev/null | grep -qE 'assistant/.*Avail'; then break; fi
+  if scripts/asterisk.sh status 2>/dev/null | grep -E 'assistant/.*Avail' >/dev/null; then break; fi
   running || { echo; echo "ERROR: ivr serve stopped; see $LOG" >&2; tail -20 "$LOG" >&2; exit 1; }
   printf '.'; sleep 1
 done
 echo
-scripts/asterisk.sh status | grep -qE 'assistant/.*Avail' || { echo "ERROR: no registration; see $LOG" >&2; exit 1; }
+scripts/asterisk.sh status | grep -E 'assistant/.*Avail' >/dev/null || { echo "ERROR: no registration; see $LOG" >&2; exit 1; }
 if ! console_running; then
   nohup .venv/bin/ivr console >>"$CLOG" 2>&1 &
   echo $! >"$CPIDFILE"
