@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from dialogue.corpus import THEMES, WEEKDAYS, Corpus
+from dialogue.corpus import THEMES, WEEKDAYS, Corpus, join_spelled
 from dialogue.search import FaqIndex, clean_query, strip_accents
 
 ACTIONS = ("answer", "clarify", "guide", "signalement", "transfer", "message", "repeat", "goodbye")
@@ -333,7 +333,7 @@ class Conversation:
             return None
         if ROUTE.search(raw):
             return service
-        words = len(re.sub(r"\b(\w) (?=\w(?:\s|$))", r"\1", raw).split())      # "c c a s" is one word
+        words = len(join_spelled(raw).split())                     # "c c a s" is one word
         if words <= 8 and re.search(r"\bservice\b|s'il vous plait|\bsvp\b", raw):
             return service
         return None

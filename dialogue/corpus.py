@@ -133,8 +133,7 @@ class Commune:
     def service_named(self, text: str) -> str | None:
         """The service whose name (or one of its `appels` words in commune.yaml) the text contains;
         spelled-out acronyms ("c c a s") count. The longest name wins."""
-        t = _fold(text)
-        t = re.sub(r"\b(\w) (?=\w(?:\s|$))", r"\1", t)     # "c c a s" -> "ccas"
+        t = join_spelled(_fold(text))
         best, best_len = None, 0
         for key, svc in self.data.get("services", {}).items():
             for name in [key.replace("_", " ")] + list(svc.get("appels") or []):
@@ -280,6 +279,11 @@ class Corpus:
         self._index = {e.id: e for e in self.entries}
         # street names, lowercase without accents, longest first (matched inside callers' words)
         self.streets_norm = sorted({_fold(v) for v in self.vocabulary}, key=len, reverse=True)
+
+
+def join_spelled(text: str) -> str:
+    """Letters a speech recogniser wrote one by one, joined: "le c c a s" -> "le ccas"."""
+    return re.sub(r"\b(\w) (?=\w(?:\s|$))", r"\1", text)
 
 
 def _fold(text: str) -> str:

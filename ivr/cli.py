@@ -17,11 +17,12 @@ log = logging.getLogger("ivr")
 
 def _user_errors():
     from asr.transcriber import ModelMissing
-    from dialogue.corpus import CorpusError
     from audio.pcm import AudioError
+    from dialogue.corpus import CorpusError
+    from ivr.console.accounts import AccountError
     from tts.synthesizer import TTSError
 
-    return (ConfigError, ModelMissing, CorpusError, AudioError, TTSError, FileNotFoundError)
+    return (ConfigError, ModelMissing, CorpusError, AudioError, TTSError, FileNotFoundError, AccountError)
 
 
 class IvrGroup(click.Group):
@@ -220,6 +221,12 @@ def _accounts(cfg):
     return Accounts(Store(cfg.db_path))
 
 
+def _password(from_stdin: bool, prompt: str) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return click.prompt(prompt, hide_input=True, confirmation_prompt="Confirmez")
+
+
 @users.command("add")
 @click.argument("name")
 @click.option("--role", type=click.Choice(["admin", "agent"]), required=True)
@@ -227,14 +234,7 @@ def _accounts(cfg):
 @click.pass_obj
 def users_add(cfg, name, role, password_stdin):
     """Create an account (the password is asked for, or read from stdin)."""
-    from ivr.console.accounts import AccountError
-
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt(
-        "Mot de passe", hide_input=True, confirmation_prompt="Confirmez")
-    try:
-        _accounts(cfg).add(name, role, password)
-    except AccountError as exc:
-        raise click.ClickException(str(exc)) from None
+    _accounts(cfg).add(name, role, _password(password_stdin, "Mot de passe"))
     click.echo(f"Compte {name} créé ({role}).")
 
 
@@ -244,14 +244,7 @@ def users_add(cfg, name, role, password_stdin):
 @click.pass_obj
 def users_password(cfg, name, password_stdin):
     """Set a new password."""
-    from ivr.console.accounts import AccountError
-
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt(
-        "Nouveau mot de passe", hide_input=True, confirmation_prompt="Confirmez")
-    try:
-        _accounts(cfg).set_password(name, password)
-    except AccountError as exc:
-        raise click.ClickException(str(exc)) from None
+    _accounts(cfg).set_password(name, _password(password_stdin, "Nouveau mot de passe"))
     click.echo(f"Mot de passe de {name} changé.")
 
 
@@ -267,12 +260,7 @@ def users_list(cfg):
 @click.argument("name")
 @click.pass_obj
 def users_remove(cfg, name):
-    from ivr.console.accounts import AccountError
-
-    try:
-        _accounts(cfg).remove(name)
-    except AccountError as exc:
-        raise click.ClickException(str(exc)) from None
+    _accounts(cfg).remove(name)
     click.echo(f"Compte {name} supprimé.")
 
 
