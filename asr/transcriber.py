@@ -43,6 +43,11 @@ HINTS = {
     "yes_no": "Oui. Non. Non merci. Oui, c'est bien ça. Non, ce n'est pas ça.",
     "choice": "Le premier. Le second. Le deuxième.",
     "phone": "Oui, au 06 12 34 56 78. Non merci.",
+    "orient_situation": "Sans emploi. Retraité. Je suis étudiant. Je travaille. Je ne sais pas.",
+    "orient_age": "J'ai 67 ans. Moins de 25 ans. 40 ans.",
+    "orient_foyer": "Seul. En couple. Seule avec mes enfants. En couple avec deux enfants.",
+    "orient_revenus": "Moins de 1 000 euros. Environ 1 500 euros. Plus de 2 000 euros. Je ne sais pas.",
+    "orient_besoin": "Le logement. Le loyer. L'électricité. L'aide à domicile. Le handicap. Les enfants. La santé.",
 }
 
 

@@ -9,10 +9,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from dialogue import orientation
 from dialogue.corpus import THEMES, WEEKDAYS, Corpus, join_spelled
 from dialogue.search import FaqIndex, clean_query, strip_accents
 
-ACTIONS = ("answer", "clarify", "guide", "signalement", "transfer", "message", "repeat", "goodbye")
+ACTIONS = ("answer", "clarify", "guide", "orientation", "signalement", "transfer", "message", "repeat", "goodbye")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Reply:
     ticket: str | None = None
     service: str | None = None     # the commune service the caller asked for (commune.yaml key)
     transfer_to: str | None = None  # its extension, when the transfer goes there rather than the desk
+    aids: list[str] | None = None  # orientation: the aids said, in order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +71,7 @@ FAREWELL = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"a bientot")
 NEXT = _rx(r"suivant\w*", r"la suite", r"ensuite", r"continue[rz]?", r"apres", r"etape d'apres", r"on continue")
 FIRST = _rx(r"(?:le |la )?premier\w*", r"un", r"1", r"le 1", r"l'un")
 SECOND = _rx(r"(?:le |la )?(?:deuxieme|second\w*)", r"deux", r"2", r"le 2", r"l'autre", r"plutot le deuxieme")
+STOP = _rx(r"arrete[rz]?", r"stop", r"laisse[rz]? tomber", r"annule[rz]?", r"on arrete", r"ca ne m'interesse pas")
 ENGLISH_WORDS = set("the i you is are to my what how can could please hello hi want need speak english do does "
                     "where when a an and of for time open which who would like help me your this that".split())
 FRENCH_WORDS = set("je tu il elle nous vous le la les un une des de du et est pour que qui quoi comment ou "
@@ -117,6 +120,7 @@ class State:
     digits: str = ""                        # keys typed for a phone number
     history: list[str] = field(default_factory=list)
     asked: str = ""                         # the last question searched (a day named in it matters)
+    orient: dict = field(default_factory=dict)  # orientation: answers so far, failed tries, aids said
 
 
 class Conversation:
@@ -142,6 +146,8 @@ class Conversation:
         """What the caller is asked for now, so the ASR can listen for it: yes_no, choice, phone, place
         (an address: the commune's street names), or None for a free question."""
         stage, report = self.s.stage, self.s.report.get("stage")
+        if stage == "orient":
+            return f"orient_{self._orient_key()}"
         if stage in ("satisfaction", "guide_offer", "message_offer") or (stage == "report" and report == "confirm"):
             return "yes_no"
         if stage == "clarify":
@@ -188,6 +194,10 @@ class Conversation:
             return self._goodbye()
         if REPEAT.search(raw) and len(raw.split()) <= 6:
             return self._repeat()
+        if stage in ("orient", "orient_result"):
+            r = self._orient_input(text, raw)
+            if r:
+                return r
         if stage == "satisfaction":
             if YES.match(raw) or NO.match(raw):
                 return self._satisfaction(1 if YES.match(raw) else 2)
@@ -241,6 +251,8 @@ class Conversation:
 
     def on_dtmf(self, key: str) -> Reply:
         stage = self.s.stage
+        if stage in ("orient", "orient_result") and (key.isdigit() and key != "0" or key == "#"):
+            return self._orient_input(key, key, from_key=True) or self._repeat()
         if stage in ("report", "message_phone") and (key.isdigit() or key == "#") and self._wants_digits():
             if key != "#":
                 self.s.digits += key
@@ -331,7 +343,9 @@ class Conversation:
         service = self.commune.service_named(raw)
         if not service:
             return None
-        if ROUTE.search(raw):
+        m = ROUTE.search(raw)
+        # "avoir" routes only with the name right after it: "avoir la mairie", not "avoir la carte de la déchetterie"
+        if m and (not m.group(0).startswith("avoir") or self.commune.service_named(raw[m.start():m.end() + 25])):
             return service
         words = len(join_spelled(raw).split())                     # "c c a s" is one word
         if words <= 8 and re.search(r"\bservice\b|s'il vous plait|\bsvp\b", raw):
@@ -450,6 +464,8 @@ class Conversation:
                                        confidence=conf, cacheable=False))
             return self._say(Reply("signalement", f"{e.answer} Où se situe le problème ? Donnez le nom de la rue "
                                    "et le numéro, ou un lieu proche.", theme=e.theme, entry_id=e.id, confidence=conf))
+        if e.action == "orientation":
+            return self._start_orientation(" ".join(self.s.history[-1:]), e.answer, e.id)
         if e.action == "transfer":
             self.s.answered += 1
             if self._open():
@@ -502,6 +518,74 @@ class Conversation:
         out = re.sub(r"\b(?:au|à|a|le|du)?\s*\d+\s*(?:bis|ter)?\s*$", " ", "".join(keep).strip(), flags=re.I)
         out = re.sub(r"\s+", " ", out).strip()
         return out if len(out.split()) >= 2 else text
+
+    # --- orientation questionnaire ------------------------------------------------------------------
+    def _start_orientation(self, text: str, intro: str, entry_id: str) -> Reply:
+        """Started by the FAQ entry with action orientation ("à quoi j'ai droit ?"); its answer is the intro."""
+        self.s.stage = "orient"
+        self.s.orient = {"profile": orientation.prefill(text), "tries": 0, "aids": []}
+        r = self._orient_ask(intro)
+        r.entry_id = entry_id
+        return r
+
+    def _orient_key(self) -> str | None:
+        return next((q.key for q in orientation.QUESTIONS if q.key not in self.s.orient.get("profile", {})), None)
+
+    def _orient_ask(self, prefix: str = "") -> Reply:
+        key = self._orient_key()
+        if key is None:
+            return self._orient_result()
+        return self._say(Reply("orientation", f"{prefix} {orientation.QUESTION[key].prompt}".strip(),
+                               theme="social", confidence=1.0))
+
+    def _orient_result(self) -> Reply:
+        o = self.s.orient
+        result = orientation.orient(self.corpus.aids, o["profile"])
+        o["aids"] = [a.id for a in result.aids]
+        self.s.stage = "orient_result"
+        self.s.answered += 1
+        more = "Pour le détail d'une aide, dites ou tapez son numéro. " if result.aids else ""
+        ccas = "Pour être aidé dans vos démarches, dites : le CCAS. " if "ccas" in self.commune.data["services"] else ""
+        return self._say(Reply("orientation", f"{result.spoken()} {more}{ccas}Sinon, posez une autre question.",
+                               theme="social", confidence=1.0, aids=o["aids"]))
+
+    def _orient_input(self, text: str, raw: str, from_key: bool = False) -> Reply | None:
+        """One answer to the questionnaire, or after the results a choice among them; None when the
+        caller moved on to something else (then it is searched as a question)."""
+        o = self.s.orient
+        if self.s.stage == "orient_result":
+            known = {a.id: a for a in self.corpus.aids}
+            aids = [known[i] for i in o.get("aids", []) if i in known]
+            pick = orientation.parse_choice(raw if not from_key else text, len(aids), from_key)
+            if pick:
+                a = aids[pick - 1]
+                return self._say(Reply("orientation", f"{a.say} À demander {a.where}. Pour une autre aide, dites "
+                                       "son numéro ; sinon, posez une autre question.", theme="social",
+                                       confidence=1.0))
+            if from_key:
+                return None
+            if re.search(r"\bc ?c ?a ?s\b|action sociale", raw) and "ccas" in self.commune.data["services"]:
+                return self._to_service("ccas")
+            if NO.match(raw) and len(raw.split()) <= 4:
+                return self._goodbye()
+            self.s.stage = "after_answer"
+            return None
+        if not from_key and STOP.search(raw):
+            return self._another_question("Très bien, j'arrête les questions.")
+        key = self._orient_key()
+        if from_key and text == "#":                                  # "#": skip the question
+            values = list(orientation.QUESTION[key].values)
+        else:
+            values = orientation.parse(key, text, from_key)
+        if values is None:
+            o["tries"] = o.get("tries", 0) + 1
+            if o["tries"] < 2:
+                return self._say(Reply("orientation", "Je n'ai pas compris. " + orientation.QUESTION[key].prompt,
+                                       theme="social", confidence=0.0))
+            values = list(orientation.QUESTION[key].values)        # no answer: it rules nothing out
+        o["tries"] = 0
+        o["profile"][key] = values
+        return self._orient_ask()
 
     # --- reports (signalements) ---------------------------------------------------------------------
     def _find_place(self, text: str) -> str:

@@ -30,7 +30,7 @@ THEMES = {
     "securite_tranquillite": "la sécurité et la tranquillité",
 }
 EXTRA_THEMES = {"hors_competence": "une démarche qui ne dépend pas de la mairie"}
-ACTIONS = {"answer", "signalement", "transfer"}
+ACTIONS = {"answer", "signalement", "transfer", "orientation"}
 WEEKDAYS = ["lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche"]
 MONTHS = ["janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre",
           "octobre", "novembre", "décembre"]
@@ -221,6 +221,28 @@ class Commune:
             parts.append(f"{when} ({f.get('motif', '')}), la mairie sera {what}")
         return "À noter : " + " ; ".join(parts) + "."
 
+    def evenement(self, word: str) -> str:
+        """When and where the next event whose title holds `word` takes place (answers quote the
+        events list rather than a copy of it)."""
+        evs = sorted((e for e in self.data.get("evenements", [])
+                      if word.lower() in e["titre"].lower() and _as_date(e["date"]) >= self.today),
+                     key=lambda e: _as_date(e["date"]))
+        if not evs:
+            return f"à une date qui sera annoncée sur {self.data['commune']['site_web']}"
+        e = evs[0]
+        when = f"{spoken_date(_as_date(e['date']))} {_as_date(e['date']).year}"
+        return f"{when} à {spoken_time(str(e['heure']))}, {e['lieu']}" if e.get("heure") else f"{when}, {e['lieu']}"
+
+    def fermetures_de(self, service: str, motif: str = "") -> str:
+        """The coming days a service is closed (for `motif`), from the closures list."""
+        days = sorted(_as_date(f["date"]) for f in self.data.get("fermetures", [])
+                      if f.get("ferme") and service in f.get("services", []) and motif in f.get("motif", "")
+                      and _as_date(f["date"]) >= self.today)
+        if not days:
+            return f"à des dates annoncées sur {self.data['commune']['site_web']}"
+        said = [spoken_date(d) for d in days[:3]]
+        return (", ".join(said[:-1]) + " et " if len(said) > 1 else "") + said[-1] + f" {days[len(said) - 1].year}"
+
     def sector_for(self, text: str) -> dict | None:
         t = text.lower()
         for s in self.data.get("collecte", {}).get("secteurs", []):
@@ -271,6 +293,7 @@ class Corpus:
     fingerprint: str
     vocabulary: list[str]
     off_topic: list[str] = field(default_factory=list)   # phrases the assistant must not answer
+    aids: list = field(default_factory=list)             # dialogue.orientation.Aid, for the questionnaire
 
     def by_id(self, entry_id: str) -> Entry | None:
         return self._index.get(entry_id)
@@ -328,6 +351,8 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
         "travaux_en_cours": commune.travaux_en_cours,
         "collecte_dechets": commune.collecte_dechets,
         "fermetures_a_venir": commune.fermetures_a_venir,
+        "evenement": commune.evenement,
+        "fermetures_de": commune.fermetures_de,
     }
 
     def render(text: str, where: str) -> str:
@@ -387,6 +412,13 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
                 action=action, source=str(raw.get("source", "commune")),
                 reviewed=str(raw.get("reviewed", "")), label=str(raw.get("label", "")).strip(),
                 hours_of=_hours_of(raw)))
+    from dialogue.orientation import AidsError, load_aids
+
+    aids = []
+    try:
+        aids = load_aids(corpus_dir, commune.data, render)
+    except (AidsError, yaml.YAMLError) as exc:
+        problems.append(f"aides : {exc}")
     if problems:
         raise CorpusError(problems)
     off_topic: list[str] = []
@@ -397,4 +429,4 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
         except yaml.YAMLError as exc:
             raise CorpusError([f"hors_sujet.yaml: YAML invalide ({exc})"]) from None
     vocab = sorted(set(commune.data.get("rues", [])))
-    return Corpus(commune, entries, fingerprint(corpus_dir), vocab, off_topic)
+    return Corpus(commune, entries, fingerprint(corpus_dir), vocab, off_topic, aids)

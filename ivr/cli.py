@@ -291,7 +291,10 @@ def _conversation(cfg, state=None, at=None):
 
 def _reply_json(reply) -> dict:
     d = reply.to_dict()
-    return {k: d[k] for k in ("action", "theme", "entry_id", "confidence", "text", "transfer", "end_call", "ticket")}
+    out = {k: d[k] for k in ("action", "theme", "entry_id", "confidence", "text", "transfer", "end_call", "ticket")}
+    if d.get("aids") is not None:
+        out["aids"] = d["aids"]
+    return out
 
 
 @cli.command()
@@ -361,14 +364,19 @@ def corpus():
 @corpus.command("check")
 @click.pass_obj
 def corpus_check(cfg):
-    """Validate commune.yaml and the FAQ files (placeholders, themes, lengths)."""
+    """Validate commune.yaml, the FAQ files and the aids (placeholders, themes, lengths, review dates)."""
     from collections import Counter
 
     from dialogue.corpus import load_corpus
+    from dialogue.orientation import review_due
 
     c = load_corpus(cfg.corpus_dir)
     counts = Counter(e.theme for e in c.entries)
     click.echo(f"{len(c.entries)} fiches valides : " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo(f"{len(c.aids)} aides pour l'orientation ({sum(a.local for a in c.aids)} de la commune)")
+    late = review_due(c.aids, dt.date.today())
+    if late:
+        click.echo("Aides à revérifier (dernière vérification il y a plus d'un an) : " + ", ".join(late))
 
 
 @corpus.command("build")

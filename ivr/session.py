@@ -267,7 +267,7 @@ class CallSession:
             if self.outcome == "abandoned":
                 self.outcome = reply.outcome or "answered"
             self._after_playback = ("hangup", "goodbye")
-        elif reply.action in ("answer", "guide", "signalement", "message") and self.outcome in ("abandoned",):
+        elif reply.action in ("answer", "guide", "orientation", "signalement", "message") and self.outcome in ("abandoned",):
             self.outcome = "answered" if reply.action != "message" else "message"
 
     def _speak(self, text: str, cache: bool = True) -> float:
@@ -334,7 +334,7 @@ class CallSession:
 
     def _finalize(self, reason: str) -> None:
         if reason == "caller_hangup" and self.outcome == "abandoned" and self.turns:
-            self.outcome = "answered" if any(t["action"] in ("answer", "guide") for t in self.turns) else "abandoned"
+            self.outcome = "answered" if any(t["action"] in ("answer", "guide", "orientation") for t in self.turns) else "abandoned"
         self._emit("hangup", reason=reason)
         recording = ""
         if self.e.cfg["call"]["record"] and self.e.recordings_dir:

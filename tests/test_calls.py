@@ -160,6 +160,23 @@ def test_a_spoken_report_ends_with_a_stored_ticket_read_back(assistant, engines)
     assert "enregistr" in end or "signalement" in end, end
 
 
+def test_a_caller_is_oriented_to_the_aids_that_fit_in_under_two_minutes(assistant):
+    keys = ["3", "3", "1", "1", "3"]       # retired, 60 or more, alone, under 1 000 euros, home help
+    r = reactive_call([say("Bonjour, je voudrais savoir à quoi j'ai droit.")] +
+                      [dict(dtmf=k, after_silence_s=1.0) for k in keys] + [say("Non merci, au revoir.")],
+                      timeout=240)
+    assert r.answered and not r.error, r.error
+    wait_idle(assistant.store)
+    call = assistant.last_calls()[0]
+    said = [t["text"] for t in call["turns"] if t["speaker"] == "assistant"]
+    results = [t for t in said if "pourriez avoir droit" in t]
+    assert results, said
+    assert "autonomie" in results[0] and "RSA" not in results[0], results[0]          # the APA, not the RSA
+    assert [t["text"] for t in call["turns"] if t["kind"] == "dtmf"] == keys
+    # from the first words to the end of the list of aids (the caller's goodbye comes 1 s after it)
+    assert r.steps[-1]["start_s"] - r.steps[0]["start_s"] < 120, r.steps
+
+
 def test_goodbye_ends_the_call_normally_and_keeps_the_satisfaction(assistant):
     with Desk() as desk:
         r = reactive_call([say("Quels sont les horaires de la mairie ?"), say("Non merci, au revoir."),

@@ -13,7 +13,7 @@ OUTCOMES = {"answered": "répondu", "transferred": "transféré", "message": "me
             "abandoned": "abandonné", "declined": "refusé (surcharge)", "error": "erreur"}
 ACTIONS = {"answer": "réponse", "clarify": "demande de précision", "transfer": "transfert", "greeting": "accueil",
            "goodbye": "fin d'appel", "signalement": "signalement", "message": "message", "repeat": "répétition",
-           "guide": "démarche pas à pas"}
+           "guide": "démarche pas à pas", "orientation": "orientation vers les aides"}
 REPORT_STATUSES = ["nouveau", "transmis", "traité"]
 PAGE = 25
 _THEME = ("(select theme from turns t where t.call_id = c.id and t.speaker = 'assistant' "
