@@ -107,7 +107,8 @@ PLACE_RE = re.compile(r"\b(?:\d+\s*(?:bis|ter)?\s*,?\s*)?(?:rue|avenue|av|boulev
 @dataclass
 class State:
     stage: str = "main"                    # main | after_answer | clarify | guide_offer | guide | report |
-                                           # message_offer | message | message_phone | satisfaction | ended
+                                           # message_offer | message | message_phone | message_confirm |
+                                           # orient | orient_result | satisfaction | ended
     misunderstandings: int = 0
     silences: int = 0
     last_reply: dict | None = None
@@ -121,12 +122,14 @@ class State:
     history: list[str] = field(default_factory=list)
     asked: str = ""                         # the last question searched (a day named in it matters)
     orient: dict = field(default_factory=dict)  # orientation: answers so far, failed tries, aids said
+    caller_phone: str = ""                  # the number this call comes from, when it is a French one
 
 
 class Conversation:
     def __init__(self, corpus: Corpus, index: FaqIndex, dialogue_cfg: dict, store=None,
                  call_id: str | None = None, clock: Callable[[], dt.datetime] | None = None,
-                 state: dict | None = None):
+                 state: dict | None = None, caller: str = ""):
+        """`caller`: the caller's SIP URI or number; a callback can go there on a simple "oui"."""
         self.corpus = corpus
         self.index = index
         self.cfg = dialogue_cfg
@@ -134,6 +137,9 @@ class Conversation:
         self.call_id = call_id
         self.clock = clock or dt.datetime.now
         self.s = State(**state) if state else State()
+        if caller and not state:
+            m = re.search(r"(?:sips?:)?(\+?\d[\d .-]{8,})", caller)
+            self.s.caller_phone = extract_phone(m.group(1)) if m else ""
         self.commune = corpus.commune
         self._alternatives: list[str] = []
 
@@ -148,7 +154,8 @@ class Conversation:
         stage, report = self.s.stage, self.s.report.get("stage")
         if stage == "orient":
             return f"orient_{self._orient_key()}"
-        if stage in ("satisfaction", "guide_offer", "message_offer") or (stage == "report" and report == "confirm"):
+        if stage in ("satisfaction", "guide_offer", "message_offer", "message_confirm") or \
+                (stage == "report" and report == "confirm"):
             return "yes_no"
         if stage == "clarify":
             return "choice"
@@ -181,7 +188,7 @@ class Conversation:
         # stages that take free text as data come first: a street name or a message is not a question
         if stage == "report":
             return self._report_input(text, raw)
-        if stage in ("message", "message_phone"):
+        if stage in ("message", "message_phone", "message_confirm"):
             return self._message_input(text, raw)
         if not raw.strip(" .?!,"):
             return self._not_understood("empty")
@@ -259,6 +266,8 @@ class Conversation:
                 if len(self.s.digits) < 10:
                     return Reply("signalement" if stage == "report" else "message", "", cacheable=False)
             number, self.s.digits = self.s.digits, ""
+            if stage == "message_phone":
+                self.s.message["typed"] = True          # keys are exact: no read-back
             return self.on_text(number)
         if key == "0":
             return self._to_person("touche 0")
@@ -641,6 +650,8 @@ class Conversation:
         if r["stage"] == "phone":
             if NO.match(raw):
                 r["phone"] = ""
+            elif self.s.caller_phone and YES.match(raw) and not self._phone(text):
+                r["phone"] = self.s.caller_phone
             else:
                 phone = self._phone(text)
                 if not phone:
@@ -671,8 +682,10 @@ class Conversation:
         return {
             "place": "Où se situe le problème ? Donnez le nom de la rue et le numéro, ou un lieu proche.",
             "description": "Décrivez le problème en une phrase.",
-            "phone": "Souhaitez-vous être rappelé ? Si oui, dites ou tapez votre numéro de téléphone. Sinon, "
-                     "dites non.",
+            "phone": (f"Souhaitez-vous être rappelé au {spoken_phone(self.s.caller_phone)}, le numéro de cet appel ? "
+                      "Dites oui, ou dites ou tapez un autre numéro, ou dites non." if self.s.caller_phone else
+                      "Souhaitez-vous être rappelé ? Si oui, dites ou tapez votre numéro de téléphone. Sinon, "
+                      "dites non."),
             "confirm": self._recap() if self.s.report.get("stage") == "confirm" else "",
         }[self.s.report["stage"]]
 
@@ -692,6 +705,8 @@ class Conversation:
 
     # --- messages (outside opening hours) ----------------------------------------------------------
     def _message_input(self, text: str, raw: str) -> Reply:
+        """The message, then the number to call back, read back before it is stored: a number misheard
+        by one digit is a callback that never reaches the caller."""
         m = self.s.message
         if not raw.strip():
             return self._say(Reply("message", "Je n'ai rien entendu. Dites votre message, ou raccrochez.",
@@ -701,14 +716,46 @@ class Conversation:
             m["phone"] = self._phone(text)
             if not m["phone"]:
                 self.s.stage = "message_phone"
-                return self._say(Reply("message", "À quel numéro pouvons-nous vous rappeler ? Dites-le ou "
-                                       "tapez-le sur le clavier."))
-        else:
-            phone = self._phone(text)
-            if not phone and not NO.match(raw):
-                return self._say(Reply("message", "Je n'ai pas reconnu un numéro à dix chiffres. Dites-le ou "
-                                       "tapez-le, ou dites non."))
+                own = self.s.caller_phone
+                return self._say(Reply("message", (
+                    f"Pouvons-nous vous rappeler au {spoken_phone(own)}, le numéro de cet appel ? Dites oui, "
+                    "ou dites ou tapez un autre numéro." if own else
+                    "À quel numéro pouvons-nous vous rappeler ? Dites-le ou tapez-le sur le clavier."),
+                    cacheable=not own))
+            return self._message_confirm()
+        if self.s.stage == "message_confirm":
+            if YES.match(raw):
+                return self._store_message()
+            if NO.match(raw) and not self._phone(text):
+                self.s.stage = "message_phone"
+                m["tries"] = m.get("tries", 0) + 1
+                if m["tries"] >= 2:                   # twice wrong by voice: keep the message, no number
+                    m["phone"] = ""
+                    return self._store_message()
+                return self._say(Reply("message", "Tapez le numéro sur le clavier, ou dites les chiffres un par "
+                                       "un, lentement."))
+            phone = self._phone(text)                 # "non, c'est le 06..." corrects it at once
+            if not phone:
+                return self._say(Reply("message", "Dites oui si le numéro est correct, ou non pour le corriger."))
             m["phone"] = phone
+            return self._message_confirm()
+        if self.s.caller_phone and YES.match(raw) and not self._phone(text):
+            m["phone"] = self.s.caller_phone
+            return self._store_message()
+        phone = self._phone(text)
+        if not phone and not NO.match(raw):
+            return self._say(Reply("message", "Je n'ai pas reconnu un numéro à dix chiffres. Dites-le ou "
+                                   "tapez-le, ou dites non."))
+        m["phone"] = phone
+        return self._message_confirm() if phone and not m.get("typed") else self._store_message()
+
+    def _message_confirm(self) -> Reply:
+        self.s.stage = "message_confirm"
+        return self._say(Reply("message", f"Je note : rappel au {spoken_phone(self.s.message['phone'])}. "
+                               "Est-ce correct ?", cacheable=False))
+
+    def _store_message(self) -> Reply:
+        m = self.s.message
         if self.store is not None:
             self.store.add_callback(self.call_id, m["text"], m.get("phone", ""), m.get("service", ""))
         phone = f" au {spoken_phone(m['phone'])}" if m.get("phone") else ""

@@ -127,9 +127,9 @@ def build_engines(cfg: Config, store=None, clock=None):
                       cache_dir=cfg.cache_dir / "tts" if cfg["tts"]["cache"] else None,
                       emphasis=float(cfg["tts"].get("emphasis", 0.0)))
 
-    def new_conversation(call_id=None):
+    def new_conversation(call_id=None, caller=""):
         corpus, index = knowledge.current()
-        return Conversation(corpus, index, cfg["dialogue"], store=store, call_id=call_id, clock=clock)
+        return Conversation(corpus, index, cfg["dialogue"], store=store, call_id=call_id, clock=clock, caller=caller)
 
     return Engines(cfg=cfg, transcriber=transcriber, speaker=speaker, new_conversation=new_conversation,
                    store=store, recordings_dir=cfg.data_dir / "recordings", knowledge=knowledge)

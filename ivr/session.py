@@ -35,7 +35,7 @@ class Engines:
     cfg: dict
     transcriber: object            # asr.transcriber.Transcriber
     speaker: object                # tts.synthesizer.Speaker
-    new_conversation: Callable      # () -> dialogue Conversation
+    new_conversation: Callable      # (call_id, caller) -> dialogue Conversation
     store: object                  # ivr.store.Store
     recordings_dir: Path | None = None
     knowledge: object = None       # ivr.app.Knowledge: the corpus as it is today
@@ -63,7 +63,7 @@ class CallSession:
         self.segmenter = VoiceSegmenter.from_config(cfg["vad"], self.rate, int(cfg["audio"]["frame_ms"]))
         self.store = engines.store
         self.call_id = self.store.start_call(transport, caller)
-        self.conversation = engines.new_conversation(self.call_id)
+        self.conversation = engines.new_conversation(self.call_id, caller)
         self.on_transfer, self.on_hangup, self.on_event = on_transfer, on_hangup, on_event
         self.inline = inline
         self._own_executor = executor is None and not inline

@@ -119,12 +119,49 @@ def test_person_request_outside_hours_takes_a_message(conv):
     assert cb["phone"] == "0612345678" and "durand" in cb["message"]
 
 
+def test_a_spoken_callback_number_is_read_back_and_a_wrong_one_typed_instead(conv):
+    c = conv(at=CLOSED_TIME)
+    c.on_text("je voudrais parler à quelqu'un")
+    c.on_text("oui")
+    r = c.on_text("c'est monsieur petit, rappelez-moi au zéro six, douze, trente-quatre, cinquante-six, soixante-dix-huit")
+    assert "06 12 34 56 78" in r.text and "correct" in r.text and not r.end_call
+    r = c.on_text("non ce n'est pas ça")
+    assert "clavier" in r.text and "un par un" in r.text and c.expects == "phone"
+    for k in "0698765432":
+        r = c.on_dtmf(k)
+    assert r.end_call and "06 98 76 54 32" in r.text                    # typed: exact, stored at once
+    cb = list(conv.store.db["callbacks"].rows)[0]
+    assert cb["phone"] == "0698765432" and "petit" in cb["message"]
+
+
+def test_the_callers_own_number_is_offered_for_the_callback(kb, tmp_path):
+    cfg, corpus, index = kb
+    store = Store(tmp_path / "ivr.db")
+    c = Conversation(corpus, index, cfg["dialogue"], store=store, call_id=store.start_call("test"),
+                     clock=lambda: CLOSED_TIME, caller='"M. Petit" <sip:+33612345678@192.0.2.1>')
+    c.on_text("je voudrais parler à quelqu'un")
+    c.on_text("oui")
+    r = c.on_text("c'est monsieur petit pour mon dossier de permis")
+    assert "06 12 34 56 78" in r.text and "numéro de cet appel" in r.text
+    r = c.on_text("oui c'est ça")
+    assert r.end_call and list(store.db["callbacks"].rows)[0]["phone"] == "0612345678"
+    c = Conversation(corpus, index, cfg["dialogue"], clock=lambda: OPEN_TIME, caller="sip:0612345678@host")
+    c.on_text("il y a un lampadaire en panne au 12 rue des Tanneurs")
+    r = c.on_text("il clignote toute la nuit")
+    assert "06 12 34 56 78" in r.text                                   # the report offers it too
+    r = c.on_text("oui")
+    assert "Rappel au 06 12 34 56 78" in r.text and c.expects == "yes_no"
+    assert Conversation(corpus, index, cfg["dialogue"], caller="sip:anonymous@host").s.caller_phone == ""
+
+
 def test_a_phone_number_is_taken_from_the_asr_second_reading_when_the_first_has_none(conv):
     c = conv(at=CLOSED_TIME)
     c.on_text("je voudrais parler à quelqu'un")
     c.on_text("oui")
     assert "numéro" in c.on_text("c'est madame durand pour mon dossier").text
     r = c.on_text("c'est le zéro six douze trente", alternatives=["c'est le 06 12 34 56 78"])
+    assert not r.end_call and "06 12 34 56 78" in r.text and c.expects == "yes_no"       # read back
+    r = c.on_text("oui")
     assert r.end_call and r.outcome == "message" and "06 12 34 56 78" in r.text
 
 
@@ -151,7 +188,8 @@ def test_a_named_service_is_put_through_to_its_extension_or_takes_a_message_when
     assert r.action == "message" and r.service == "urbanisme" and "demain à 9 h" in r.text
     c.on_text("oui")
     c.on_text("c'est monsieur petit pour mon permis de construire")
-    r = c.on_text("06 11 22 33 44")
+    assert "06 11 22 33 44" in c.on_text("06 11 22 33 44").text
+    r = c.on_text("oui")
     assert r.end_call and r.outcome == "message"
     cb = list(conv.store.db["callbacks"].rows)[-1]
     assert cb["service"] == "urbanisme" and cb["phone"] == "0611223344" and "permis" in cb["message"]
