@@ -412,7 +412,7 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
                 action=action, source=str(raw.get("source", "commune")),
                 reviewed=str(raw.get("reviewed", "")), label=str(raw.get("label", "")).strip(),
                 hours_of=_hours_of(raw)))
-    from dialogue.orientation import AidsError, load_aids
+    from dialogue.orientation import AidsError, load_aids       # here: it imports search, which imports us
 
     aids = []
     try:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from dialogue.search import strip_accents
+
 NEEDS = ("logement", "revenu", "autonomie", "enfants", "sante")
 
 
@@ -142,10 +144,7 @@ def load_aids(corpus_dir: str | Path, commune_data: dict, render=lambda text, wh
 
 
 def _fold(text: str) -> str:
-    import unicodedata
-
-    text = unicodedata.normalize("NFD", text.lower().replace("’", "'"))
-    return "".join(c for c in text if not unicodedata.combining(c))
+    return strip_accents(text.lower().replace("’", "'"))
 
 
 def _numbers(text: str) -> list[int]:
