@@ -325,7 +325,8 @@ def _hours_of(raw: dict) -> str:
 
 def fingerprint(corpus_dir: Path) -> str:
     h = hashlib.sha256()
-    files = [corpus_dir / "commune.yaml", corpus_dir / "hors_sujet.yaml"] + sorted((corpus_dir / "faq").glob("*.yaml"))
+    files = [corpus_dir / "commune.yaml", corpus_dir / "hors_sujet.yaml", corpus_dir / "aides.yaml"] + \
+        sorted((corpus_dir / "faq").glob("*.yaml"))
     for p in (f for f in files if f.exists()):
         h.update(p.name.encode())
         h.update(p.read_bytes())

@@ -124,6 +124,18 @@ def test_a_broken_aid_is_refused_with_a_french_reason(tmp_path):
     assert "besoin inconnu" in str(e.value)
 
 
+def test_an_edit_of_the_aids_is_seen_by_a_running_assistant(tmp_path):
+    import shutil
+
+    from dialogue.corpus import fingerprint
+
+    shutil.copytree(ROOT / "corpus", tmp_path / "corpus")
+    before = fingerprint(tmp_path / "corpus")            # what `ivr serve` watches to reload
+    p = tmp_path / "corpus" / "aides.yaml"
+    p.write_text(p.read_text("utf-8").replace("verifie: 2026-11-30", "verifie: 2026-12-01", 1), "utf-8")
+    assert fingerprint(tmp_path / "corpus") != before
+
+
 @pytest.mark.parametrize("key,said,expected", [
     ("situation", "je suis au chômage depuis six mois", ["sans_emploi"]),
     ("situation", "je bosse en intérim", ["emploi"]),
