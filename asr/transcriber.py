@@ -42,7 +42,9 @@ HALLUCINATIONS = [
 HINTS = {
     "yes_no": "Oui. Non. Non merci. Oui, c'est bien ça. Non, ce n'est pas ça.",
     "choice": "Le premier. Le second. Le deuxième.",
-    "phone": "Oui, au 06 12 34 56 78. Non merci.",
+    # digits one by one, as the assistant asks: on 40 numbers said so by the test voice, 24 right against
+    # 18 with "06 12 34 56 78" (pairs: 5 against 7; Pico 39/40 with either)
+    "phone": "Oui, au 0 6, 1 2, 3 4, 5 6, 7 8. Non merci.",
     "orient_situation": "Sans emploi. Retraité. Je suis étudiant. Je travaille. Je ne sais pas.",
     "orient_age": "J'ai 67 ans. Moins de 25 ans. 40 ans.",
     "orient_foyer": "Seul. En couple. Seule avec mes enfants. En couple avec deux enfants.",
@@ -230,14 +232,16 @@ class Transcriber:
 
     # --- internals ---------------------------------------------------------------------------------
     def _speech_seconds(self, pcm: np.ndarray, rate: int) -> float:
-        """Seconds the Silero VAD takes for speech: noise, tones and hum never reach Whisper."""
+        """Seconds the Silero VAD takes for speech: noise, tones and hum never reach Whisper. Frames in
+        Silero's unsure band count: it scores short synthetic or phone-band words 0.35-0.5 (a number said
+        digit by digit had 0.0-0.12 s above 0.5, 0.3-0.6 s above 0.35), line noise and music score none."""
         from asr.vad import SileroVad
 
         if rate not in (8000, 16000):
             return len(pcm) / rate
         vad = SileroVad(rate, user="asr")
         n = rate // 50
-        speech = sum(1 for i in range(0, len(pcm) - n + 1, n) if vad(pcm[i:i + n]) >= 0.5)
+        speech = sum(1 for i in range(0, len(pcm) - n + 1, n) if vad(pcm[i:i + n]) >= 0.35)
         return speech * 0.02
 
     def _reject(self, text: str, avg_logprob: float, no_speech: float, prompt: str) -> str | None:

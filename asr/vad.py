@@ -259,8 +259,11 @@ class VoiceSegmenter:
         return [self._end("flush")] if self._in_speech else []
 
     def _audio(self) -> np.ndarray:
-        # keep a little of the trailing silence (Whisper likes a clean ending), drop the rest
-        trailing = max(0, self._silence_run - 200) // self.frame_ms
+        # keep a little of the trailing silence (Whisper likes a clean ending), drop the rest; never more
+        # than the pause, so the audio at SpeechPaused and at SpeechEnded is the same and the early
+        # transcription can be kept
+        keep = min(200, self.pause_ms) if self.pause_ms > 0 else 200
+        trailing = max(0, self._silence_run - keep) // self.frame_ms
         frames = self._frames[: len(self._frames) - trailing] if trailing else self._frames
         return np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
 

@@ -627,7 +627,7 @@ class Conversation:
         return next((p for p in map(extract_phone, [text] + self._alternatives) if p), "")
 
     def _wants_digits(self) -> bool:
-        return self.s.stage == "message_phone" or self.s.report.get("stage") == "phone"
+        return self.s.stage == "message_phone" or (self.s.stage == "report" and self.s.report.get("stage") == "phone")
 
     def _report_input(self, text: str, raw: str) -> Reply:
         r = self.s.report
@@ -656,7 +656,8 @@ class Conversation:
                 phone = self._phone(text)
                 if not phone:
                     return self._say(Reply("signalement", "Je n'ai pas reconnu un numéro de téléphone à dix "
-                                           "chiffres. Dites-le ou tapez-le, ou dites non.", theme=cat,
+                                           "chiffres. Tapez-le sur le clavier, ou dites-le chiffre par chiffre, "
+                                           "ou dites non.", theme=cat,
                                            entry_id=r["entry"]))
                 r["phone"] = phone
             r["stage"] = "confirm"
@@ -683,9 +684,10 @@ class Conversation:
             "place": "Où se situe le problème ? Donnez le nom de la rue et le numéro, ou un lieu proche.",
             "description": "Décrivez le problème en une phrase.",
             "phone": (f"Souhaitez-vous être rappelé au {spoken_phone(self.s.caller_phone)}, le numéro de cet appel ? "
-                      "Dites oui, ou dites ou tapez un autre numéro, ou dites non." if self.s.caller_phone else
-                      "Souhaitez-vous être rappelé ? Si oui, dites ou tapez votre numéro de téléphone. Sinon, "
-                      "dites non."),
+                      "Dites oui ou non. Pour un autre numéro, tapez-le sur le clavier, ou dites-le chiffre par "
+                      "chiffre." if self.s.caller_phone else
+                      "Souhaitez-vous être rappelé ? Si oui, tapez votre numéro sur le clavier, ou dites-le chiffre "
+                      "par chiffre. Sinon, dites non."),
             "confirm": self._recap() if self.s.report.get("stage") == "confirm" else "",
         }[self.s.report["stage"]]
 
@@ -718,9 +720,10 @@ class Conversation:
                 self.s.stage = "message_phone"
                 own = self.s.caller_phone
                 return self._say(Reply("message", (
-                    f"Pouvons-nous vous rappeler au {spoken_phone(own)}, le numéro de cet appel ? Dites oui, "
-                    "ou dites ou tapez un autre numéro." if own else
-                    "À quel numéro pouvons-nous vous rappeler ? Dites-le ou tapez-le sur le clavier."),
+                    f"Pouvons-nous vous rappeler au {spoken_phone(own)}, le numéro de cet appel ? Dites oui. "
+                    "Pour un autre numéro, tapez-le sur le clavier, ou dites-le chiffre par chiffre." if own else
+                    "À quel numéro pouvons-nous vous rappeler ? Tapez-le sur le clavier, ou dites-le chiffre par "
+                    "chiffre."),
                     cacheable=not own))
             return self._message_confirm()
         if self.s.stage == "message_confirm":
@@ -744,8 +747,8 @@ class Conversation:
             return self._store_message()
         phone = self._phone(text)
         if not phone and not NO.match(raw):
-            return self._say(Reply("message", "Je n'ai pas reconnu un numéro à dix chiffres. Dites-le ou "
-                                   "tapez-le, ou dites non."))
+            return self._say(Reply("message", "Je n'ai pas reconnu un numéro à dix chiffres. Tapez-le, ou "
+                                   "dites-le chiffre par chiffre, ou dites non."))
         m["phone"] = phone
         return self._message_confirm() if phone and not m.get("typed") else self._store_message()
 

@@ -222,7 +222,7 @@ class CallSession:
         t1 = time.perf_counter()
         reply = self.conversation.on_text(tr.text, tr.confidence, alternatives=tr.alternatives)
         nlu_ms = (time.perf_counter() - t1) * 1000
-        self._reply(reply, latency={"endpoint": int(self.e.cfg["vad"]["end_silence_ms"]),
+        self._reply(reply, latency={"endpoint": self.segmenter.end_silence_ms,
                                     "asr": round(asr_ms), "asr_early": speculative, "dialogue": round(nlu_ms, 1)},
                     transcript=tr.text, t_caller_end=ev.t_end)
 
@@ -247,6 +247,11 @@ class CallSession:
                          "transfer", "durée maximale")
 
     def _reply(self, reply, latency: dict, transcript: str | None = None, t_caller_end: float | None = None) -> None:
+        # a number said digit by digit has pauses: the turn must not end in the middle of it
+        vad = self.e.cfg["vad"]
+        self.segmenter.end_silence_ms = int(vad.get("end_silence_digits_ms", vad["end_silence_ms"])
+                                            if getattr(self.conversation, "expects", None) == "phone"
+                                            else vad["end_silence_ms"])
         self._emit("reply", action=reply.action, theme=reply.theme, entry_id=reply.entry_id,
                    confidence=reply.confidence, text=reply.text)
         first_ms = self._speak(reply.text, cache=reply.cacheable)

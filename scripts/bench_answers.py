@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Short answers over real calls (`scripts/bench_answers.py`, JSON out): yes/no and ten-digit phone
-numbers, said by the test voice to a real `ivr serve` through Asterisk, as a caller does in a report.
+numbers, said by a test voice to a real `ivr serve` through Asterisk, as a caller does in a report.
 
 One reactive call per round: a report, then cycles of place, description, phone number, and "no" to
 "Est-ce correct ?" (which starts the report again); the last cycle ends with "yes". A number counts
@@ -32,12 +32,21 @@ def phone_number(rng: random.Random) -> str:
     return "0" + rng.choice("1234567") + "".join(rng.choice("0123456789") for _ in range(8))
 
 
+DIGITS = "zéro un deux trois quatre cinq six sept huit neuf".split()
+
+
 def spoken(number: str) -> str:
+    """As the assistant reads a number back (and as Whisper writes one said in pairs)."""
     return " ".join(number[i:i + 2] for i in range(0, 10, 2)) + "."
 
 
-def one_call(rng: random.Random, cycles: int) -> dict:
-    said: list[tuple[str, str]] = []         # (kind, expected) per caller turn, in order
+def said(number: str, style: str) -> str:
+    """As the caller says it: digit by digit, as the assistant asks, or in pairs, as many people do."""
+    return ", ".join(DIGITS[int(c)] for c in number) + "." if style == "digits" else spoken(number)
+
+
+def one_call(rng: random.Random, cycles: int, style: str, voice: str) -> dict:
+    plan: list[tuple[str, str]] = []         # (kind, expected) per caller turn, in order
     steps = [("report", "Il y a un lampadaire en panne dans ma rue.")]
     for c in range(cycles):
         number = phone_number(rng)
@@ -45,13 +54,13 @@ def one_call(rng: random.Random, cycles: int) -> dict:
                   ("number", number), ("no" if c < cycles - 1 else "yes", "")]
     texts = []
     for kind, value in steps:
-        text = {"number": lambda: spoken(value), "no": lambda: rng.choice(NOS), "yes": lambda: rng.choice(YESES)}.get(
+        text = {"number": lambda: said(value, style), "no": lambda: rng.choice(NOS), "yes": lambda: rng.choice(YESES)}.get(
             kind, lambda: value)()
-        said.append((kind, value))
+        plan.append((kind, value))
         texts.append(text)
-    r = reactive_call([{"audio": caller_voice(t, phone=False), "after_silence_s": 1.0} for t in texts],
-                      timeout=60 + 40 * cycles, hangup_after=None)
-    return {"said": said, "texts": texts, "answered": r.answered, "error": r.error}
+    r = reactive_call([{"audio": caller_voice(t, phone=False, voice=voice), "after_silence_s": 1.0} for t in texts],
+                      timeout=90 + 60 * cycles, hangup_after=None)
+    return {"said": plan, "texts": texts, "answered": r.answered, "error": r.error}
 
 
 def score(call: dict, turns: list[dict], stored: bool) -> dict:
@@ -81,6 +90,8 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=4)
     p.add_argument("--cycles", type=int, default=6, help="numbers (and no/yes answers) per call")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--style", choices=["digits", "pairs"], default="digits", help="how numbers are said")
+    p.add_argument("--voice", choices=["mbrola", "pico"], default="mbrola", help="the caller's voice")
     a = p.parse_args()
     rng = random.Random(a.seed)
     total = {"number": [0, 0], "no": [0, 0], "yes": [0, 0], "misses": []}
@@ -88,7 +99,7 @@ def main() -> None:
         bot = Assistant(Path(d), ast).start()
         try:
             for _ in range(a.calls):
-                call = one_call(rng, a.cycles)
+                call = one_call(rng, a.cycles, a.style, a.voice)
                 last = bot.last_calls()[0]
                 stored = bool(list(bot.store.db.query("select id from reports where call_id = ?", [last["id"]])))
                 s = score(call, last["turns"], stored)
@@ -100,7 +111,8 @@ def main() -> None:
             bot.stop()
     right = lambda k: round(total[k][0] / total[k][1], 3) if total[k][1] else None  # noqa: E731
     yes_no = [total["no"][0] + total["yes"][0], total["no"][1] + total["yes"][1]]
-    print(json.dumps({"benchmark": "answers", "calls": a.calls, "ten_digit_numbers": total["number"][1],
+    print(json.dumps({"benchmark": "answers", "calls": a.calls, "voice": a.voice, "numbers_said": a.style,
+                      "ten_digit_numbers": total["number"][1],
                       "numbers_right": right("number"), "yes_no_answers": yes_no[1],
                       "yes_no_right": round(yes_no[0] / yes_no[1], 3) if yes_no[1] else None,
                       "misses": total["misses"], "machine": machine()}, indent=1, ensure_ascii=False))

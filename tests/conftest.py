@@ -51,8 +51,16 @@ def engines(shared_data):
     return build_engines(cfg, clock=lambda: OPEN_TIME)
 
 
-def caller_voice(text: str, rate: int = 8000, phone: bool = True, tmp: Path | None = None) -> np.ndarray:
-    """A caller saying `text` in French (espeak-ng + MBROLA fr1), through a G.711 phone line."""
+def caller_voice(text: str, rate: int = 8000, phone: bool = True, tmp: Path | None = None,
+                 voice: str = "mbrola") -> np.ndarray:
+    """A caller saying `text` in French through a G.711 phone line: espeak-ng + MBROLA fr1 (the test
+    voice), or SVOX Pico (`voice="pico"`, the assistant's own voice, a second one for benchmarks)."""
+    if voice == "pico":
+        from audio.pcm import resample
+        from tts.synthesizer import PicoSynthesizer
+
+        pcm = resample(PicoSynthesizer().synth(text), PicoSynthesizer.native_rate, rate)
+        return phone_line(pcm, rate) if phone else pcm
     if not shutil.which("espeak-ng"):
         pytest.fail("espeak-ng missing: run scripts/setup.sh")
     import tempfile

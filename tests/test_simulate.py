@@ -217,3 +217,39 @@ def test_say_lets_staff_hear_an_answer_as_callers_do(tmp_path, engines):
     assert "piscine" in engines.transcriber.transcribe(pcm[: 8000 * 8], 8000).text.lower()
     p = run_ivr(["say", "--entry", "piscine", "--out", str(out)], tmp_path)
     assert p.returncode == 1 and p.stderr.strip() == "Erreur : fiche inconnue : piscine (voir corpus/faq/*.yaml)"
+
+
+def test_a_number_said_digit_by_digit_with_pauses_is_one_turn(engines):
+    from ivr.session import CallSession
+
+    s = CallSession(engines, transport="test", inline=True)
+    rate, zeros = 8000, np.zeros(160, np.int16)
+
+    def play(pcm):
+        replies = len([e for e in s.events if e.type == "reply"])
+        for k in range(0, len(pcm), 160):
+            s.push_audio(pcm[k:k + 160] if len(pcm[k:k + 160]) == 160 else zeros)
+            s.pull_audio()
+        for _ in range(3000):                     # until the reply to it has been said
+            s.push_audio(zeros)
+            s.pull_audio()
+            if len([e for e in s.events if e.type == "reply"]) > replies and not s.speaking:
+                break
+
+    play(np.zeros(160, np.int16))                 # the greeting
+    for said in ["Il y a un lampadaire en panne dans ma rue.", "Au douze, rue des Tanneurs.",
+                 "Il est éteint depuis trois jours."]:
+        play(with_silence(caller_voice(said), rate, 0.3, 0.0))
+    assert s.conversation.expects == "phone" and s.segmenter.end_silence_ms == 1500
+    gap = np.zeros(int(rate * 0.9), np.int16)     # longer than a turn's 600 ms end silence
+    groups = ["zéro, six", "un, deux", "trois, quatre", "cinq, six", "sept, huit"]
+    trim = lambda a: a[np.nonzero(np.abs(a) > 300)[0][0]: np.nonzero(np.abs(a) > 300)[0][-1]]  # noqa: E731
+    number = np.concatenate([x for g in groups for x in (trim(caller_voice(g + ".")), gap)])
+    n_asr = len([e for e in s.events if e.type == "asr"])
+    play(np.concatenate([np.zeros(rate // 3, np.int16), number]))
+    heard = [e for e in s.events if e.type == "asr"][n_asr:]
+    s.close("test_end")
+    assert len(heard) == 1, heard                 # one turn, not five
+    digits = "".join(c for c in heard[0].data["text"] if c.isdigit())
+    assert len(digits) >= 8 and digits.startswith("0"), heard
+    assert s.segmenter.end_silence_ms == 600      # back to normal once the number is taken

@@ -1,5 +1,6 @@
 """Endpointing on synthetic verdict sequences (pure), and the real Silero detector on real audio."""
 import numpy as np
+import pytest
 
 from asr.vad import BargeIn, SileroVad, SpeechEnded, SpeechStarted, VoiceSegmenter, WebRtcVad
 from audio.pcm import iter_frames
@@ -33,15 +34,16 @@ def test_utterance_with_preroll_and_end_of_turn():
     assert end.audio[-1] < 20 + 50 + 30       # most trailing silence trimmed
 
 
-def test_pause_gives_early_audio_identical_to_the_turn_unless_speech_resumes():
-    seg = VoiceSegmenter(min_speech_ms=200, preroll_ms=100, end_silence_ms=600, barge_in_ms=100, pause_ms=300)
+@pytest.mark.parametrize("pause_ms", [300, 200, 140])
+def test_pause_gives_early_audio_identical_to_the_turn_unless_speech_resumes(pause_ms):
+    seg = VoiceSegmenter(min_speech_ms=200, preroll_ms=100, end_silence_ms=600, barge_in_ms=100, pause_ms=pause_ms)
     probs = [0.0] * 10 + [0.9] * 30 + [0.0] * 20 + [0.9] * 20 + [0.0] * 40   # 400 ms pause, then more speech
     ev = [e for _, e in run(seg, probs) if not isinstance(e, (BargeIn, SpeechStarted))]
     assert [type(e).__name__ for e in ev] == ["SpeechPaused", "SpeechPaused", "SpeechEnded"]
     first, second, end = ev
     assert len(first.audio) < len(end.audio)                 # the caller went on: this one is stale
     assert np.array_equal(second.audio, end.audio)           # silence to the end: same audio, reuse it
-    assert round(end.t_end - second.t, 3) == 0.3
+    assert round(end.t_end - second.t, 3) == round(0.6 - pause_ms / 1000, 3)
 
 
 def test_short_noise_burst_is_not_an_utterance():
