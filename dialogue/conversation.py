@@ -68,6 +68,9 @@ GOODBYE = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"bonne fin de jo
 DAY = _rx(r"lundi", r"mardi", r"mercredi", r"jeudi", r"vendredi", r"samedi", r"dimanche", r"aujourd'? ?hui",
           r"apres[- ]demain", r"demain", r"ce soir", r"ce matin", r"cet apres[- ]midi", r"ce midi")
 FAREWELL = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"a bientot")
+# a caller's "Bonjour." before the question (often followed by a pause): a greeting, not a question
+HELLO = re.compile(r"^(?:(?:oui|allo|ah|euh)[\s,.!]*)*(?:bonjour|bonsoir|allo|salut)"
+                   r"(?:[\s,]+(?:madame|monsieur|mademoiselle|messieurs dames|a vous|tout le monde))?[\s.!?,]*$")
 NEXT = _rx(r"suivant\w*", r"la suite", r"ensuite", r"continue[rz]?", r"apres", r"etape d'apres", r"on continue")
 FIRST = _rx(r"(?:le |la )?premier\w*", r"un", r"1", r"le 1", r"l'un")
 SECOND = _rx(r"(?:le |la )?(?:deuxieme|second\w*)", r"deux", r"2", r"le 2", r"l'autre", r"plutot le deuxieme")
@@ -201,6 +204,8 @@ class Conversation:
             return self._goodbye()
         if REPEAT.search(raw) and len(raw.split()) <= 6:
             return self._repeat()
+        if HELLO.match(raw) and stage in ("main", "after_answer"):
+            return self._say(Reply("greeting", "Bonjour, je vous écoute."))
         if stage in ("orient", "orient_result"):
             r = self._orient_input(text, raw)
             if r:

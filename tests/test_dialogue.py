@@ -501,3 +501,13 @@ def test_old_search_indexes_are_pruned(tmp_path):
     assert built and index.search("les horaires du cimetière").best.entry.theme == "cimetiere"
     left = sorted(p.name for p in (cache / "index").iterdir())
     assert len(left) == 3 and f"faq-old3-{embedder.name}.pkl" in left and "faq-old0" not in " ".join(left)
+
+
+@pytest.mark.parametrize("said", ["Bonjour.", "Oui, bonjour madame.", "Allô ?", "Allô, bonjour !", "Bonsoir."])
+def test_a_lone_greeting_is_greeted_back_and_is_not_a_misunderstanding(conv, said):
+    c = conv()
+    for _ in range(2):                          # twice would have meant a transfer for "not understood"
+        r = c.on_text(said)
+        assert r.action == "greeting" and r.text == "Bonjour, je vous écoute." and not r.transfer, r
+    r = c.on_text("Bonjour, quels sont les horaires de la mairie ?")
+    assert r.action == "answer" and r.entry_id == "mairie_pratique.horaires", r
