@@ -69,7 +69,6 @@ class Transcript:
     temperature: float = 0.0          # 0: beam search; > 0: the fallback sampling was kept
     avg_logprob: float = 0.0
     alternatives: list[str] = field(default_factory=list)   # other beam results almost as likely
-    beam: int = 0                     # beam size used (asr.beam_size, or asr.beam_size_busy under load)
 
 
 def _norm(text: str) -> str:
@@ -215,10 +214,7 @@ class Transcriber:
         try:
             with self._lock:
                 t_run = time.perf_counter()
-                # other turns wait behind this one: decode faster so the queue drains
-                beam = int(self.cfg.get("beam_size_busy", 0) or self.cfg["beam_size"]) if self._queued > 1 \
-                    else int(self.cfg["beam_size"])
-                result = self._decode(audio, window, prompt_text, beam)
+                result = self._decode(audio, window, prompt_text)
                 self._recent_s = 0.8 * self._recent_s + 0.2 * (time.perf_counter() - t_run)
         finally:
             with self._count:
@@ -226,7 +222,7 @@ class Transcriber:
         asr_ms = (time.perf_counter() - t0) * 1000
         text, avg_logprob, no_speech, temperature, alternatives = result
         tr = Transcript(text, 0.0, no_speech, audio_s, asr_ms, window_s=window, temperature=temperature,
-                        avg_logprob=round(avg_logprob, 3), alternatives=alternatives, beam=beam)
+                        avg_logprob=round(avg_logprob, 3), alternatives=alternatives)
         tr.rejected = None if force else self._reject(text, avg_logprob, no_speech, self.prompt)
         if tr.rejected or not text:
             tr.text, tr.rejected = "", tr.rejected or "empty"
@@ -261,8 +257,8 @@ class Transcriber:
             return "prompt"
         return None
 
-    def _decode(self, audio: np.ndarray, window: int, prompt_text: str,
-                beam: int) -> tuple[str, float, float, float, list[str]]:
+    def _decode(self, audio: np.ndarray, window: int,
+                prompt_text: str) -> tuple[str, float, float, float, list[str]]:
         fe = self.model.feature_extractor
         padded = np.zeros(window * 16000, dtype=np.float32)
         padded[: len(audio)] = audio                       # the log-mel of silence after the speech
@@ -279,6 +275,7 @@ class Transcriber:
         tried, alternatives = [], []
         n_alt = int(self.cfg.get("alternatives", 2))
         for temperature in [float(t) for t in self.cfg.get("temperatures", [0.0, 0.4])]:
+            beam = int(self.cfg["beam_size"])
             kwargs = ({"beam_size": beam, "num_hypotheses": min(beam, 1 + n_alt)} if temperature == 0
                       else {"beam_size": 1, "sampling_temperature": temperature, "sampling_topk": 0})
             r = self.model.model.generate(

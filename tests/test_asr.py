@@ -132,22 +132,6 @@ def test_a_number_said_digit_by_digit_reaches_whisper(asr):
     assert tr.rejected is None and len(got) >= 8 and got.startswith("0"), tr
 
 
-def test_under_load_the_asr_decodes_greedily_and_alone_with_the_full_beam(asr):
-    import threading
-
-    pcm = with_silence(caller_voice("Quels sont les horaires de la mairie ?"), RATE, 0.3, 0.5)
-    alone = asr.transcribe(pcm, RATE)
-    assert alone.beam == asr.cfg["beam_size"] == 5
-    out = []
-    threads = [threading.Thread(target=lambda: out.append(asr.transcribe(pcm, RATE))) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert 1 in [t.beam for t in out], out            # the second of three waited behind the first
-    assert all("mairie" in t.text.lower() for t in out), out
-
-
 def test_a_question_instead_of_the_expected_yes_or_no_is_still_heard(asr):
     pcm = with_silence(caller_voice("Quand passent les encombrants ?"), RATE, 0.3, 0.5)
     tr = asr.transcribe(pcm, RATE, hint=HINTS["yes_no"])
