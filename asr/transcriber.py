@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -107,11 +108,12 @@ def resolve_model(name: str, models_dir: Path) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(path: str, device: str, compute_type: str, threads: int):
+def _load(path: str, device: str, compute_type: str, threads: int, workers: int = 1):
     from faster_whisper import WhisperModel
 
     t = time.perf_counter()
-    model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=threads)
+    model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=threads,
+                         num_workers=workers)
     log.info("ASR model loaded from %s in %.1f s", path, time.perf_counter() - t)
     return model
 
@@ -157,12 +159,15 @@ class Transcriber:
 
         self.cfg = asr_cfg
         path = resolve_model(str(asr_cfg["model"]), Path(models_dir))
-        self.model = _load(path, asr_cfg["device"], asr_cfg["compute_type"], int(asr_cfg["threads"]))
+        self.workers = int(asr_cfg.get("workers", 1)) or len(os.sched_getaffinity(0))
+        self.model = _load(path, asr_cfg["device"], asr_cfg["compute_type"], int(asr_cfg["threads"]), self.workers)
         self.prompt = prompt if asr_cfg.get("hotwords", True) else ""
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
                                    task="transcribe", language="fr")
         self._suppress = _suppressed(self.tokenizer)
-        self._lock = threading.Lock()  # CTranslate2 can run concurrently, but 2 cores: queue instead
+        # one transcription per model replica; more wait (on 2 cores, 2 replicas of 1 thread each
+        # decode faster than one of 2 threads: the decoder's small matrices do not pay for the sync)
+        self._slots = threading.Semaphore(self.workers)
         self._count = threading.Lock()
         self._queued = 0               # transcriptions waiting or running
         self._recent_s = 1.0           # moving average of one transcription's compute time
@@ -175,14 +180,23 @@ class Transcriber:
 
     def backlog_s(self) -> float:
         """How long a new utterance would wait before its own transcription starts (an estimate)."""
-        return self._queued * self._recent_s
+        return max(0, self._queued - self.workers + 1) / self.workers * self._recent_s
 
     def warm(self) -> float:
-        """Run every window once (the first run of each shape is slow); returns seconds spent."""
+        """Run every window once on every replica (the first run of each shape is slow); returns seconds
+        spent."""
+        from concurrent.futures import ThreadPoolExecutor
+
         t = time.perf_counter()
         rng = np.random.default_rng(0)
-        for w in sorted({self.window_for(s) for s in (1.0, 10.0, 20.0)}):
-            self.transcribe((rng.normal(0, 300, 8000 * max(1, w - 4))).astype(np.int16), 8000, force=True)
+        windows = sorted({self.window_for(s) for s in (1.0, 10.0, 20.0)})
+        noise = [(rng.normal(0, 300, 8000 * max(1, w - 4))).astype(np.int16) for w in windows]
+
+        def run(_):
+            for pcm in noise:
+                self.transcribe(pcm, 8000, force=True)
+        with ThreadPoolExecutor(self.workers) as pool:
+            list(pool.map(run, range(self.workers)))
         return time.perf_counter() - t
 
     def transcribe(self, pcm: np.ndarray, sample_rate: int, hint: str | None = None,
@@ -212,7 +226,7 @@ class Transcriber:
         with self._count:
             self._queued += 1
         try:
-            with self._lock:
+            with self._slots:
                 t_run = time.perf_counter()
                 result = self._decode(audio, window, prompt_text)
                 self._recent_s = 0.8 * self._recent_s + 0.2 * (time.perf_counter() - t_run)

@@ -43,7 +43,7 @@ def load_recordings(sounds_dir: Path, limit: int | None = None) -> list[tuple[Pa
 
 # ASR settings compared by `ivr bench asr`: Whisper's full 30 s window against the windowed encoder,
 # and (--explore) ways to spend the time the window saves.
-ASR_VARIANTS = {"full_30s": {"window_s": 30}, "windowed": {}}
+ASR_VARIANTS = {"full_30s": {"window_s": 30}, "windowed_2_threads": {"threads": 2, "workers": 1}, "windowed": {}}
 ASR_EXPLORE = {"windowed_beam_8": {"beam_size": 8}, "windowed_beam_3": {"beam_size": 3},
                "windowed_beam_1": {"beam_size": 1},
                "windowed_from_6s": {"windows_s": [6, 10, 20, 30], "window_margin_s": 2.5},

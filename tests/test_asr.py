@@ -107,6 +107,37 @@ def test_the_window_grows_with_the_utterance_and_long_speech_is_whole(asr):
     assert first.lower() in tr.text.lower() and last.lower() in tr.text.lower(), (first, last, tr.text)
 
 
+def test_two_callers_are_transcribed_at_once_with_the_same_words(asr, monkeypatch):
+    """One model replica per core (`asr.workers`): two callers' turns run side by side, not queued,
+    and a replica hears exactly what a lone transcription hears."""
+    import threading
+    import time
+
+    assert asr.workers == (asr.cfg.get("workers") or len(__import__("os").sched_getaffinity(0)))
+    lines = [phone_line(read_audio(path, RATE)[0], RATE) for path, _ in core_sounds(2)]
+    alone = [asr.transcribe(line, RATE).text for line in lines]
+    spans, decode = [], asr._decode
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return decode(*args, **kwargs)
+        finally:
+            spans.append((start, time.perf_counter()))
+    monkeypatch.setattr(asr, "_decode", timed)
+    together = [None, None]
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, asr.transcribe(lines[i], RATE).text))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone and all(alone)
+    (s1, e1), (s2, e2) = sorted(spans)
+    assert (s2 < e1) == (asr.workers >= 2), spans       # overlapping only when there are two replicas
+    assert asr.backlog_s() == 0
+
+
 def test_repetition_loops_are_cut_and_prompt_echoes_spotted():
     assert _cut_loop([1, 2, 3] + [7, 8] * 6) == [1, 2, 3, 7, 8]
     assert _cut_loop([5] * 9) == [5] and _cut_loop([1, 2, 2, 3]) == [1, 2, 2, 3]
