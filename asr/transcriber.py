@@ -178,6 +178,10 @@ class Transcriber:
         need = seconds + float(self.cfg.get("window_margin_s", 3.0))
         return next((w for w in windows if w >= need), 30)
 
+    def has_spare(self) -> bool:
+        """A replica is free now: a guess at the end of a turn costs no one any wait."""
+        return self._queued < self.workers
+
     def backlog_s(self) -> float:
         """How long a new utterance would wait before its own transcription starts (an estimate)."""
         return max(0, self._queued - self.workers + 1) / self.workers * self._recent_s

@@ -122,6 +122,7 @@ class SpeechPaused:
     t_start: float
     t: float
     audio: np.ndarray = field(repr=False)
+    early: bool = False             # at early_pause_ms: worth transcribing only if the ASR has time to spare
 
 
 @dataclass
@@ -145,6 +146,7 @@ class VoiceSegmenter:
     max_utterance_s: float = 15.0   # hard cut
     barge_in_ms: int = 120          # speech that signals "the caller started talking"
     pause_ms: int = 0               # silence after which SpeechPaused is sent (0: never)
+    early_pause_ms: int = 0         # an earlier SpeechPaused(early=True) (0: none)
     lookback_ms: int = 2000         # how far back the start may reach, to the onset of the speech
     onset_gap_ms: int = 400         # silence that separates one burst of speech from the next
 
@@ -165,12 +167,12 @@ class VoiceSegmenter:
         self._in_speech = False
         self._barged = False
         self._start_t = 0.0
-        self._paused = False         # SpeechPaused already sent for the current pause
+        self._paused = 0             # SpeechPaused events already sent for the current pause
 
     @classmethod
     def from_config(cls, vad_cfg: dict, sample_rate: int, frame_ms: int = 20) -> "VoiceSegmenter":
         keys = ("threshold", "min_speech_ms", "preroll_ms", "end_silence_ms", "max_utterance_s", "barge_in_ms",
-                "pause_ms", "lookback_ms", "onset_gap_ms")
+                "pause_ms", "early_pause_ms", "lookback_ms", "onset_gap_ms")
         return cls(sample_rate=sample_rate, frame_ms=frame_ms, **{k: vad_cfg[k] for k in keys if k in vad_cfg})
 
     @property
@@ -225,15 +227,17 @@ class VoiceSegmenter:
             self._silence_run += self.frame_ms
         elif speech_prob >= self.threshold:
             self._silence_run = 0
-            self._paused = False
+            self._paused = 0
         length = len(self._frames) * self.frame_ms / 1000.0
         if self._silence_run >= self.end_silence_ms:
             events.append(self._end("silence"))
         elif length >= self.max_utterance_s:
             events.append(self._end("max_length"))
-        elif 0 < self.pause_ms <= self._silence_run and not self._paused:
-            self._paused = True
-            events.append(SpeechPaused(self._start_t, self._t, self._audio()))
+        else:
+            pauses = [(ms, ms < self.pause_ms) for ms in sorted({self.early_pause_ms, self.pause_ms}) if ms > 0]
+            if self._paused < len(pauses) and pauses[self._paused][0] <= self._silence_run:
+                self._paused += 1
+                events.append(SpeechPaused(self._start_t, self._t, self._audio(), early=pauses[self._paused - 1][1]))
         return events
 
     def _voiced_onset(self) -> int:
@@ -260,9 +264,9 @@ class VoiceSegmenter:
 
     def _audio(self) -> np.ndarray:
         # keep a little of the trailing silence (Whisper likes a clean ending), drop the rest; never more
-        # than the pause, so the audio at SpeechPaused and at SpeechEnded is the same and the early
+        # than the first pause, so the audio at SpeechPaused and at SpeechEnded is the same and the early
         # transcription can be kept
-        keep = min(200, self.pause_ms) if self.pause_ms > 0 else 200
+        keep = min([200] + [ms for ms in (self.pause_ms, self.early_pause_ms) if ms > 0])
         trailing = max(0, self._silence_run - keep) // self.frame_ms
         frames = self._frames[: len(self._frames) - trailing] if trailing else self._frames
         return np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)

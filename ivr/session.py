@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -78,7 +78,8 @@ class CallSession:
         self._last_activity = 0.0
         self._limit_hit = False
         self._pending = 0                   # jobs queued or running on the worker (turns, greeting...)
-        self._spec = None                   # (audio, hint, transcript) started during the end-of-turn pause
+        self._spec = None                   # (audio, hint, Future of the transcript) started in a pause
+        self._spec_pool = None              # its own threads: a stale guess does not delay the next one
         self._transfer_reason = ""          # why the call went to a person (kept in its record)
         self._transfer_to = None            # a service's extension (None: the desk)
         self.ended = False
@@ -115,7 +116,7 @@ class CallSession:
                 self._last_activity = self._t
                 self._emit("speech-start", t_start=round(ev.t, 3))
             elif isinstance(ev, SpeechPaused):
-                self._submit(self._speculate, ev)
+                self._speculate(ev)
             elif isinstance(ev, SpeechEnded):
                 self._last_activity = self._t
                 self._emit("speech-end", t_start=round(ev.t_start, 3), reason=ev.reason)
@@ -197,20 +198,37 @@ class CallSession:
         self._reply(self.conversation.greet(), latency={})
 
     def _speculate(self, ev: SpeechPaused) -> None:
-        """Transcribe during the end-of-turn silence; _caller_turn uses it if the audio did not change."""
-        if self.ended:
+        """Transcribe during the end-of-turn silence; _caller_turn uses it if the audio did not change.
+        At the early pause only when a replica is free and no guess of ours is still running."""
+        spec = self._spec
+        if spec is not None and (np.array_equal(spec[0], ev.audio) or (ev.early and not spec[2].done())):
+            return                          # already guessing this audio, or busy with an older guess
+        if ev.early and not self.e.transcriber.has_spare():
             return
         hint = self._hint()
-        self._spec = (ev.audio, hint, self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint))
+        self._emit("asr-guess", early=ev.early, audio_s=round(len(ev.audio) / self.rate, 2))
+        run = lambda: self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint)  # noqa: E731
+        if self.inline:
+            future = Future()
+            future.set_result(run())
+        else:
+            if self._spec_pool is None:
+                self._spec_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asr-guess")
+            future = self._spec_pool.submit(run)
+        self._spec = (ev.audio, hint, future)
 
     def _caller_turn(self, ev: SpeechEnded, ended_at: float) -> None:
         if self.ended:
             return
         spec, self._spec = self._spec, None
         hint = self._hint()
+        tr = None
         if spec is not None and spec[1] == hint and np.array_equal(spec[0], ev.audio):
-            tr, speculative = spec[2], True
-        else:
+            try:
+                tr, speculative = spec[2].result(), True
+            except Exception:       # the guess failed: transcribe again (a second failure is the turn's)
+                log.exception("call %s: early transcription failed", self.call_id)
+        if tr is None:
             tr, speculative = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint), False
         asr_ms = (time.perf_counter() - ended_at) * 1000      # what the caller waited for, after the endpoint
         self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms),
@@ -351,6 +369,8 @@ class CallSession:
             self.on_hangup(reason)
         if self._own_executor:
             self.executor.shutdown(wait=False)
+        if self._spec_pool is not None:
+            self._spec_pool.shutdown(wait=False)
 
     def save_recording(self, path: Path) -> Path:
         """Both directions, aligned on the call clock: left = caller, right = assistant."""

@@ -128,11 +128,37 @@ class SlowTranscriber:
     def __init__(self, real, delay_s: float):
         self.real, self.delay_s = real, delay_s
 
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
     def transcribe(self, *a, **kw):
         import time
 
         time.sleep(self.delay_s)
         return self.real.transcribe(*a, **kw)
+
+
+class BusyTranscriber(SlowTranscriber):
+    """Stands in for a machine whose ASR replicas are all taken by other calls (which cannot be made
+    on purpose here): the real transcriber, never reporting a free replica."""
+
+    def __init__(self, real):
+        super().__init__(real, 0.0)
+
+    def has_spare(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("spare", [True, False])
+def test_the_turn_is_guessed_at_the_early_pause_only_when_a_replica_is_free(engines, spare):
+    import dataclasses
+
+    eng = engines if spare else dataclasses.replace(engines, transcriber=BusyTranscriber(engines.transcriber))
+    s = run_session_on_audio(eng, with_silence(caller_voice("Quels sont les horaires de la mairie ?"), 8000, 0.3, 1.5))
+    guesses = [e.data for e in s.events if e.type == "asr-guess"]
+    asr = next(e.data for e in s.events if e.type == "asr")
+    assert guesses and guesses[-1]["early"] is spare and any(g["early"] for g in guesses) is spare, guesses
+    assert asr["speculative"] is True and "horaires" in asr["text"].lower(), asr
 
 
 def test_no_reprompt_while_a_turn_is_processed_and_the_timer_starts_after_the_answer(engines):

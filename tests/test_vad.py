@@ -46,6 +46,20 @@ def test_pause_gives_early_audio_identical_to_the_turn_unless_speech_resumes(pau
     assert round(end.t_end - second.t, 3) == round(0.6 - pause_ms / 1000, 3)
 
 
+@pytest.mark.parametrize("early_ms", [150, 100])
+def test_an_early_pause_comes_first_with_the_same_audio(early_ms):
+    seg = VoiceSegmenter(min_speech_ms=200, preroll_ms=100, end_silence_ms=600, barge_in_ms=100, pause_ms=300,
+                         early_pause_ms=early_ms)
+    probs = [0.0] * 10 + [0.9] * 30 + [0.0] * 10 + [0.9] * 20 + [0.0] * 40   # 200 ms pause, then more speech
+    ev = [e for _, e in run(seg, probs) if not isinstance(e, (BargeIn, SpeechStarted))]
+    assert [(type(e).__name__, getattr(e, "early", None)) for e in ev] == [
+        ("SpeechPaused", True), ("SpeechPaused", True), ("SpeechPaused", False), ("SpeechEnded", None)]
+    stale, early, late, end = ev
+    assert len(stale.audio) < len(end.audio)
+    assert np.array_equal(early.audio, end.audio) and np.array_equal(late.audio, end.audio)
+    assert abs((late.t - early.t) - (0.3 - early_ms / 1000)) <= 0.02 + 1e-9     # within a 20 ms frame
+
+
 def test_short_noise_burst_is_not_an_utterance():
     seg = VoiceSegmenter(min_speech_ms=200, barge_in_ms=100)
     ev = run(seg, [0.0] * 10 + [0.9] * 6 + [0.0] * 50)
