@@ -39,6 +39,7 @@ class Engines:
     store: object                  # ivr.store.Store
     recordings_dir: Path | None = None
     knowledge: object = None       # ivr.app.Knowledge: the corpus as it is today
+    live: set = field(default_factory=set)   # ids of the calls in progress
 
 
 @dataclass
@@ -63,6 +64,7 @@ class CallSession:
         self.segmenter = VoiceSegmenter.from_config(cfg["vad"], self.rate, int(cfg["audio"]["frame_ms"]))
         self.store = engines.store
         self.call_id = self.store.start_call(transport, caller)
+        engines.live.add(self.call_id)
         self.conversation = engines.new_conversation(self.call_id, caller)
         self.on_transfer, self.on_hangup, self.on_event = on_transfer, on_hangup, on_event
         self.inline = inline
@@ -199,11 +201,13 @@ class CallSession:
 
     def _speculate(self, ev: SpeechPaused) -> None:
         """Transcribe during the end-of-turn silence; _caller_turn uses it if the audio did not change.
-        At the early pause only when a replica is free and no guess of ours is still running."""
+        At the early pause only when no more calls are in progress than ASR replicas, one replica is free
+        for turns that have ended, and no guess of ours is still running (with more callers, guesses
+        took CPU from ended turns: 8 calls' p50 1.34 -> 1.54 s)."""
         spec = self._spec
         if spec is not None and (np.array_equal(spec[0], ev.audio) or (ev.early and not spec[2].done())):
             return                          # already guessing this audio, or busy with an older guess
-        if ev.early and not self.e.transcriber.has_spare():
+        if ev.early and (len(self.e.live) > self.e.transcriber.workers or not self.e.transcriber.has_spare()):
             return
         hint = self._hint()
         self._emit("asr-guess", early=ev.early, audio_s=round(len(ev.audio) / self.rate, 2))
@@ -356,6 +360,7 @@ class CallSession:
             self.executor.submit(self._finalize, reason)
 
     def _finalize(self, reason: str) -> None:
+        self.e.live.discard(self.call_id)
         if reason == "caller_hangup" and self.outcome == "abandoned" and self.turns:
             self.outcome = "answered" if any(t["action"] in ("answer", "guide", "orientation") for t in self.turns) else "abandoned"
         self._emit("hangup", reason=reason)

@@ -149,16 +149,21 @@ class BusyTranscriber(SlowTranscriber):
         return False
 
 
-@pytest.mark.parametrize("spare", [True, False])
-def test_the_turn_is_guessed_at_the_early_pause_only_when_a_replica_is_free(engines, spare):
+@pytest.mark.parametrize("load", ["idle", "replicas_taken", "more_calls_than_replicas"])
+def test_the_turn_is_guessed_at_the_early_pause_only_when_the_machine_has_time(engines, load):
     import dataclasses
 
-    eng = engines if spare else dataclasses.replace(engines, transcriber=BusyTranscriber(engines.transcriber))
+    other_calls = {"other-1", "other-2", "other-3"} if load == "more_calls_than_replicas" else set()
+    eng = dataclasses.replace(engines, live=other_calls)
+    if load == "replicas_taken":
+        eng = dataclasses.replace(eng, transcriber=BusyTranscriber(engines.transcriber))
     s = run_session_on_audio(eng, with_silence(caller_voice("Quels sont les horaires de la mairie ?"), 8000, 0.3, 1.5))
     guesses = [e.data for e in s.events if e.type == "asr-guess"]
     asr = next(e.data for e in s.events if e.type == "asr")
-    assert guesses and guesses[-1]["early"] is spare and any(g["early"] for g in guesses) is spare, guesses
+    early = load == "idle" and engines.transcriber.workers > 1     # one replica is kept free for ended turns
+    assert guesses and guesses[-1]["early"] is early and any(g["early"] for g in guesses) is early, guesses
     assert asr["speculative"] is True and "horaires" in asr["text"].lower(), asr
+    assert s.call_id not in eng.live and eng.live == other_calls        # the call left when it ended
 
 
 def test_no_reprompt_while_a_turn_is_processed_and_the_timer_starts_after_the_answer(engines):
