@@ -397,7 +397,7 @@ class CallSession:
     def _emit(self, type_: str, **data) -> None:
         ev = SessionEvent(type_, round(self._t, 3), data)
         self.events.append(ev)
-        if type_ not in ("tts-start", "tts-end"):
+        if type_ not in ("tts-start", "tts-end", "asr-guess"):    # frequent, and on the media thread
             self.store.add_event(self.call_id, type_, self._t, **data)
         log.debug("call %s t=%.2f %s %s", self.call_id, self._t, type_, data)
         if self.on_event:
