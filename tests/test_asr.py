@@ -110,10 +110,11 @@ def test_the_window_grows_with_the_utterance_and_long_speech_is_whole(asr):
 def test_two_callers_are_transcribed_at_once_with_the_same_words(asr, monkeypatch):
     """One model replica per core (`asr.workers`): two callers' turns run side by side, not queued,
     and a replica hears exactly what a lone transcription hears."""
+    import os
     import threading
     import time
 
-    assert asr.workers == (asr.cfg.get("workers") or len(__import__("os").sched_getaffinity(0)))
+    assert asr.workers == (asr.cfg.get("workers") or len(os.sched_getaffinity(0)))
     lines = [phone_line(read_audio(path, RATE)[0], RATE) for path, _ in core_sounds(2)]
     alone = [asr.transcribe(line, RATE).text for line in lines]
     spans, decode = [], asr._decode
