@@ -58,19 +58,19 @@ class SileroVad(SpeechDetector):
         self.reset()
 
     def reset(self) -> None:
-        import soxr
+        from audio.pcm import Upsampler2x
 
         self._h = np.zeros((1, 1, 128), dtype=np.float32)
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
         self._context = np.zeros(self.CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
         self._prob = 0.0
-        self._up = soxr.ResampleStream(8000, 16000, 1, dtype="float32") if self.sample_rate == 8000 else None
+        self._up = Upsampler2x() if self.sample_rate == 8000 else None
 
     def __call__(self, frame: np.ndarray) -> float:
         x = frame.astype(np.float32) / 32768.0
         if self._up is not None:
-            x = self._up.resample_chunk(x)
+            x = self._up(x)
         self._pending = np.concatenate([self._pending, x])
         while len(self._pending) >= self.WINDOW:
             window, self._pending = self._pending[: self.WINDOW], self._pending[self.WINDOW:]

@@ -18,8 +18,11 @@ class EchoMeter:
     level relative to our voice (dB, e.g. -12), or None until our voice has been heard long enough."""
 
     def __init__(self, rate: int = 8000, window_s: float = 0.5, max_delay_s: float = 0.4,
-                 every_s: float = 0.25, keep: int = 8):
+                 every_s: float = 0.25, keep: int = 8, first_window_s: float = 0.3, first_delay_s: float = 0.15):
         self.win, self.delay = int(rate * window_s), int(rate * max_delay_s)
+        # a first, shorter measurement ~0.45 s into our first prompt: until then only the fixed guard
+        # tells the echo from the caller, and a loud echo of "Bonjour" could pass for a barge-in
+        self.first_win, self.first_delay = int(rate * first_window_s), int(rate * first_delay_s)
         self.every = int(rate * every_s)
         self._in: deque[np.ndarray] = deque()
         self._out: deque[np.ndarray] = deque()
@@ -34,7 +37,7 @@ class EchoMeter:
         self._push(self._in, received, "_n_in", self.win)
         self._push(self._out, played, "_n_out", self.win + self.delay)
         self._since += len(received)
-        if self._since >= self.every and self._n_out >= self.win + self.delay and self._n_in >= self.win:
+        if self._since >= self.every and self._window() >= self.first_win:
             self._since = 0
             db = self._measure()
             if db is not None:
@@ -46,22 +49,28 @@ class EchoMeter:
         while getattr(self, count) - len(q[0]) >= limit:
             setattr(self, count, getattr(self, count) - len(q.popleft()))
 
+    def _window(self) -> int:
+        return min(self.win, self._n_in, self._n_out - self.first_delay)
+
     def _measure(self) -> float | None:
-        y = np.concatenate(self._in)[-self.win:]
-        x = np.concatenate(self._out)[-(self.win + self.delay):]
+        win = self._window()
+        delay = min(self.delay, self._n_out - win)      # shorter while our voice has not played long
+        y = np.concatenate(self._in)[-win:]
+        x = np.concatenate(self._out)[-(win + delay):]
         if np.sqrt(np.mean(x ** 2)) < 200:          # we barely spoke: nothing to measure
             return None
         n = 1 << int(np.ceil(np.log2(len(x) + len(y))))
-        corr = np.fft.irfft(np.fft.rfft(x, n) * np.conj(np.fft.rfft(y, n)), n)[: self.delay + 1]
+        corr = np.fft.irfft(np.fft.rfft(x, n) * np.conj(np.fft.rfft(y, n)), n)[: delay + 1]
         # corr[k] = sum_t x[k + t] y[t]: our output k samples into the history, i.e. delay - k ago
         c2 = np.concatenate([[0.0], np.cumsum(x ** 2)])
-        energy = c2[self.win: self.win + self.delay + 1] - c2[: self.delay + 1]
+        energy = c2[win: win + delay + 1] - c2[: delay + 1]
         e_in = float(np.sum(y ** 2))
         ok = energy > 1e-3 * energy.max()
         k = np.flatnonzero(ok)[np.argmax(np.abs(corr[ok]) / np.sqrt(energy[ok]))]
         rho = abs(corr[k]) / np.sqrt(energy[k] * e_in + 1e-9)
         if rho >= 0.5:                              # the input is mostly a copy of our voice: echo
             return 20 * np.log10(max(abs(corr[k]) / energy[k], 1e-4))
-        if e_in < 1e-3 * energy[k]:                 # 30 dB below our voice, and not a copy of it
+        if e_in < 1e-3 * energy[k] and delay == self.delay:   # 30 dB below our voice, not a copy of it
+                                                              # (at any delay: a later echo may still come)
             return -60.0
         return None                                 # the caller is talking: no verdict

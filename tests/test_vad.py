@@ -111,6 +111,24 @@ def test_silero_finds_real_speech_in_noise_and_nothing_in_noise_alone():
     assert _speech_mask(only_noise, SileroVad(RATE)).mean() < 0.05
 
 
+def test_silero_hears_the_end_of_a_sentence_within_100_ms():
+    """Each 20 ms frame reaches the detector at once: the 8 -> 16 kHz resampler used to hold ~100 ms
+    and release it in bursts, and the end of a sentence was heard 100-200 ms late (every turn waited)."""
+    from audio.pcm import Upsampler2x
+
+    up = Upsampler2x()
+    assert all(len(up(np.zeros(160, np.float32))) == 320 for _ in range(10))
+    for text in ("Quels sont les horaires de la mairie ?", "Quand passent les encombrants ?",
+                 "Je voudrais m'inscrire sur les listes électorales."):
+        speech = caller_voice(text)
+        pcm = with_silence(speech, RATE, 0.5, 1.0)
+        last = np.flatnonzero(np.abs(pcm) > 300)[-1] // 160          # the last frame with speech in it
+        vad = SileroVad(RATE)
+        probs = [vad(f) for f in iter_frames(pcm, RATE)]
+        heard_end = next(i for i in range(last, len(probs)) if probs[i] < 0.35)
+        assert (heard_end - last) * 20 <= 100, (text, (heard_end - last) * 20)
+
+
 def test_webrtc_detector_runs_as_a_cheap_option():
     speech = with_silence(caller_voice("Quels sont les horaires de la mairie ?"), RATE)
     mask = _speech_mask(speech, WebRtcVad(RATE, 2))
@@ -157,6 +175,30 @@ def test_echo_meter_measures_the_line_echo_even_while_the_caller_talks():
                 meter.update(back[i:i + 160], out[i:i + 160])
             want = -60.0 if echo_db is None else echo_db
             assert meter.echo_db is not None and abs(meter.echo_db - want) < 1.5, (echo_db, caller_db, meter.echo_db)
+
+
+def test_echo_meter_gives_a_first_measure_half_a_second_into_our_voice():
+    """Until the echo is measured only the fixed guard tells it from the caller: the first measure
+    comes ~0.45 s into our first prompt; an echo later than it can search yet is not called absent."""
+    from ivr.echo import EchoMeter
+
+    ours = caller_voice("Bonjour, l'assistant vocal de la mairie vous écoute.").astype(np.float64)
+    n = len(ours) // 160 * 160
+    for delay_s, want in ((0.06, -12.0), (0.3, None)):
+        back = np.zeros(n)
+        d = int(delay_s * RATE)
+        back[d:] = ours[: n - d] * 10 ** (-12 / 20)
+        back += np.random.default_rng(0).normal(0, 20, n)
+        meter = EchoMeter(RATE)
+        for i in range(0, int(0.5 * RATE), 160):
+            meter.update(back[i:i + 160], ours[i:i + 160])
+        if want is None:
+            assert meter.echo_db is None or abs(meter.echo_db + 12) < 1.5, meter.echo_db
+        else:
+            assert meter.echo_db is not None and abs(meter.echo_db - want) < 1.5, meter.echo_db
+        for i in range(int(0.5 * RATE), n, 160):
+            meter.update(back[i:i + 160], ours[i:i + 160])
+        assert meter.echo_db is not None and abs(meter.echo_db + 12) < 1.5, (delay_s, meter.echo_db)
 
 
 def test_a_first_word_the_detector_scores_low_is_kept():
