@@ -74,7 +74,8 @@ def one_call(voices, turns: int, out: list, lock: threading.Lock) -> None:
         out.append({"answered": r.answered, "turns": res})
 
 
-def run(concurrency: int, turns: int, voices, rounds: int = 1) -> dict:
+def run(concurrency: int, turns: int, voices, rounds: int = 1, store=None) -> dict:
+    earlier = {r["call_id"] for r in store.db.query("select distinct call_id from turns")} if store else set()
     out: list = []
     lock = threading.Lock()
     for _ in range(rounds):
@@ -90,14 +91,15 @@ def run(concurrency: int, turns: int, voices, rounds: int = 1) -> dict:
     return {"calls": concurrency, "answered": sum(c["answered"] for c in out), "turns_measured": len(lat),
             "turns_without_reply": sum(t["latency_s"] is None for c in out for t in c["turns"]),
             "latency_p50_s": pct(lat, 0.5), "latency_p95_s": pct(lat, 0.95),
-            "barge_in_stop_p50_s": pct(barge, 0.5), "barge_in_stop_p95_s": pct(barge, 0.95)}
+            "barge_in_stop_p50_s": pct(barge, 0.5), "barge_in_stop_p95_s": pct(barge, 0.95),
+            **({"stages": stage_times(store, earlier)} if store else {})}
 
 
-def stage_times(store) -> dict:
-    import json as _j
-
-    rows = [_j.loads(r["latency_ms"]) for r in store.db.query(
-        "select latency_ms from turns where speaker = 'assistant' and latency_ms like '%asr%'")]
+def stage_times(store, skip_calls=frozenset()) -> dict:
+    """Where the time of the turns went (ms), on the assistant's side; calls in skip_calls left out."""
+    rows = [json.loads(r["latency_ms"]) for r in store.db.query(
+        "select call_id, latency_ms from turns where speaker = 'assistant' and latency_ms like '%asr%'")
+        if r["call_id"] not in skip_calls]
     out = {}
     for key in ("endpoint", "asr", "dialogue", "tts_first"):
         xs = sorted(r[key] for r in rows if key in r)
@@ -115,7 +117,7 @@ def measure(ast, a, voices, code: Path = ROOT) -> dict:
         try:
             for n in (int(x) for x in a.concurrency.split(",")):
                 rounds = max(1, -(-a.min_turns // (n * a.turns)))
-                results.append(run(n, a.turns, voices, rounds))
+                results.append(run(n, a.turns, voices, rounds, bot.store))
                 print(json.dumps(results[-1]), file=sys.stderr)
             stages = stage_times(bot.store)
             outcomes = {f"{r['outcome']}/{r['end_reason']}": r["n"] for r in bot.store.db.query(

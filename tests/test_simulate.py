@@ -288,3 +288,15 @@ def test_a_number_said_digit_by_digit_with_pauses_is_one_turn(engines):
     digits = "".join(c for c in heard[0].data["text"] if c.isdigit())
     assert len(digits) >= 8 and digits.startswith("0"), heard
     assert s.segmenter.end_silence_ms == 600      # back to normal once the number is taken
+
+
+def test_warming_up_loads_what_the_first_turns_would_otherwise_wait_for(engines):
+    """`ivr serve` warms before registering; a lazily loaded resource is a first caller's wait (the
+    French word list of the near-miss correction took 0.4-1 s on the first misheard word)."""
+    from dialogue.search import french_words
+    from ivr.app import warm_engines
+
+    french_words.cache_clear()
+    took = warm_engines(engines)
+    assert set(took) == {"vad", "asr", "dialogue", "tts"}
+    assert french_words.cache_info().currsize == 1
