@@ -238,7 +238,8 @@ def test_stereo_44k_input_is_converted(tmp_path):
     sf.write(tmp_path / "st.wav", stereo, 44100)
     p = run_ivr(["simulate", str(tmp_path / "st.wav"), "--json", "--at", "2026-12-01T10:00"], tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "samedi" in json.loads(p.stdout)["turns"][0]["transcript"].lower()
+    said = [t["transcript"].lower() for t in json.loads(p.stdout)["turns"] if t["transcript"]]
+    assert any("samedi" in t for t in said), said        # ("Bonjour." [0.7 s] "Je voudrais…": two turns)
 
 
 def test_say_lets_staff_hear_an_answer_as_callers_do(tmp_path, engines):
