@@ -70,7 +70,7 @@ class EchoMeter:
         rho = abs(corr[k]) / np.sqrt(energy[k] * e_in + 1e-9)
         if rho >= 0.5:                              # the input is mostly a copy of our voice: echo
             return 20 * np.log10(max(abs(corr[k]) / energy[k], 1e-4))
-        if e_in < 1e-3 * energy[k] and delay == self.delay:   # 30 dB below our voice, not a copy of it
-                                                              # (at any delay: a later echo may still come)
+        # 30 dB below our voice and not a copy of it, once every delay was searched (an echo may come later)
+        if e_in < 1e-3 * energy[k] and delay == self.delay:
             return -60.0
         return None                                 # the caller is talking: no verdict
