@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -118,6 +119,79 @@ def _load(path: str, device: str, compute_type: str, threads: int, workers: int 
     return model
 
 
+def cpu_id() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family/model/stepping: two generations of EPYC both call
+    themselves "AMD EPYC" under a hypervisor, and measured 2-3x apart."""
+    info: dict[str, str] = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            k, _, v = line.partition(":")
+            if k.strip() in ("model name", "cpu family", "model", "stepping"):
+                info.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}, "
+            f"stepping {info.get('stepping', '?')})")
+
+
+def layouts(cores: int) -> list[tuple[int, int]]:
+    """(threads, replicas) to choose from: one replica per core, or one replica using every core."""
+    return sorted({(1, cores), (cores, 1)})
+
+
+def _probe_ms(model, beam: int) -> float:
+    """A lone caller's short turn on one replica: a 10 s window and 12 beam-search tokens (end of text
+    suppressed, so every layout does the same work); the best of 3 after one untimed run."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    tok = Tokenizer(model.hf_tokenizer, True, task="transcribe", language="fr")
+    audio = np.random.default_rng(0).normal(0, 0.01, 16000 * 10).astype(np.float32)
+    features = model.feature_extractor(audio)[:, :1000]
+    prompt = [tok.sot_prev] + tok.encode(" Mairie de la commune, état civil, passeport.") + \
+        list(tok.sot_sequence) + [tok.no_timestamps]
+    best = math.inf
+    for i in range(4):
+        t = time.perf_counter()
+        model.model.generate(model.encode(features), [prompt], beam_size=beam, max_length=len(prompt) + 12,
+                             suppress_tokens=_suppressed(tok) + [tok.eot])
+        if i:
+            best = min(best, (time.perf_counter() - t) * 1000)
+    return best
+
+
+def choose_layout(path: str, cfg: dict, cache_dir: Path | None = None) -> dict:
+    """`asr.threads = 0`: how many threads a replica gets, measured on this machine. On one 2-core AMD
+    EPYC the decoder ran faster on 1 thread (19 vs 32 ms a token), on another (a Zen 1 one) 1.6x
+    slower (28 vs 18 ms) and the encoder 1.8x slower: a lone caller waited 1.41 s instead of 0.79 s.
+    Measured once per CPU and model, then read from the cache."""
+    cores = len(os.sched_getaffinity(0))
+    key = f"{cpu_id()}|{cores} cores|{Path(path).resolve()}|{cfg['compute_type']}|beam {cfg['beam_size']}"
+    cache = Path(cache_dir) / "asr_layout.json" if cache_dir else None
+    known = {}
+    if cache and cache.exists():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    if key in known:
+        return known[key]
+    probes = {}
+    for threads, workers in layouts(cores):
+        model = _load.__wrapped__(path, cfg["device"], cfg["compute_type"], threads, workers)   # not kept
+        probes[f"{threads}x{workers}"] = round(_probe_ms(model, int(cfg["beam_size"])), 1)
+        del model
+    threads, workers = map(int, min(probes, key=probes.get).split("x"))
+    choice = {"threads": threads, "workers": workers, "probe_ms": probes}
+    log.info("ASR layout for %s: %d thread(s) x %d replica(s), probe %s", key, threads, workers, probes)
+    if cache:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(dict(known, **{key: choice}), indent=1))
+        except OSError as exc:
+            log.warning("ASR layout not cached (%s): measured again at the next start", exc)
+    return choice
+
+
 def _suppressed(tok) -> list[int]:
     """Whisper's usual suppressed tokens: non-speech symbols and the special tokens."""
     return sorted(set(tok.non_speech_tokens) | {tok.transcribe, tok.translate, tok.sot, tok.sot_prev, tok.sot_lm,
@@ -154,13 +228,18 @@ class Transcriber:
     time). The decoded length is capped by the duration, and repetition loops are cut or retried.
     """
 
-    def __init__(self, asr_cfg: dict, models_dir: Path, prompt: str = ""):
+    def __init__(self, asr_cfg: dict, models_dir: Path, prompt: str = "", cache_dir: Path | None = None):
         from faster_whisper.tokenizer import Tokenizer
 
         self.cfg = asr_cfg
         path = resolve_model(str(asr_cfg["model"]), Path(models_dir))
+        self.threads = int(asr_cfg["threads"])
         self.workers = int(asr_cfg.get("workers", 1)) or len(os.sched_getaffinity(0))
-        self.model = _load(path, asr_cfg["device"], asr_cfg["compute_type"], int(asr_cfg["threads"]), self.workers)
+        self.layout: dict = {}
+        if self.threads == 0:           # measured on this machine (choose_layout)
+            self.layout = choose_layout(path, asr_cfg, cache_dir)
+            self.threads, self.workers = self.layout["threads"], self.layout["workers"]
+        self.model = _load(path, asr_cfg["device"], asr_cfg["compute_type"], self.threads, self.workers)
         self.prompt = prompt if asr_cfg.get("hotwords", True) else ""
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
                                    task="transcribe", language="fr")
@@ -178,9 +257,10 @@ class Transcriber:
         need = seconds + float(self.cfg.get("window_margin_s", 3.0))
         return next((w for w in windows if w >= need), 30)
 
-    def has_spare(self) -> bool:
-        """Room for a guess: a replica stays free for a turn that has really ended."""
-        return self._queued + 1 < self.workers
+    def has_spare(self, alone: bool = False) -> bool:
+        """Room for a guess: a replica stays free for a turn that has really ended (`alone`: no other
+        call is in progress, so an idle replica is enough)."""
+        return self._queued == 0 if alone else self._queued + 1 < self.workers
 
     def backlog_s(self) -> float:
         """How long a new utterance would wait before its own transcription starts (an estimate)."""

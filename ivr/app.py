@@ -120,7 +120,7 @@ def build_engines(cfg: Config, store=None, clock=None):
     store = store or Store(cfg.db_path)
     knowledge = Knowledge(cfg, clock)
     knowledge.start_watching()
-    transcriber = Transcriber(cfg["asr"], cfg.models_dir, prompt=asr_prompt(knowledge.corpus))
+    transcriber = Transcriber(cfg["asr"], cfg.models_dir, prompt=asr_prompt(knowledge.corpus), cache_dir=cfg.cache_dir)
     knowledge.on_reload = lambda corpus: setattr(transcriber, "prompt", asr_prompt(corpus) if transcriber.prompt else "")
     synth = make_synthesizer(cfg["tts"], cfg.models_dir)
     speaker = Speaker(synth, int(cfg["audio"]["sample_rate"]),

@@ -21,12 +21,14 @@ BENCH_DAY = dt.date(2026, 12, 1)
 def machine() -> dict:
     import os
 
+    from asr.transcriber import cpu_id
+
     cpu = ""
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {"cpu": cpu, "cpu_id": cpu_id(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def load_recordings(sounds_dir: Path, limit: int | None = None) -> list[tuple[Path, str]]:
@@ -43,7 +45,8 @@ def load_recordings(sounds_dir: Path, limit: int | None = None) -> list[tuple[Pa
 
 # ASR settings compared by `ivr bench asr`: Whisper's full 30 s window against the windowed encoder,
 # and (--explore) ways to spend the time the window saves.
-ASR_VARIANTS = {"full_30s": {"window_s": 30}, "windowed_2_threads": {"threads": 2, "workers": 1}, "windowed": {}}
+ASR_VARIANTS = {"full_30s": {"window_s": 30}, "windowed_1_thread_per_core": {"threads": 1, "workers": 0},
+                "windowed_2_threads": {"threads": 2, "workers": 1}, "windowed": {}}
 ASR_EXPLORE = {"windowed_beam_8": {"beam_size": 8}, "windowed_beam_3": {"beam_size": 3},
                "windowed_beam_1": {"beam_size": 1},
                "windowed_from_6s": {"windows_s": [6, 10, 20, 30], "window_margin_s": 2.5},
@@ -66,7 +69,7 @@ def bench_asr(cfg, sounds_dir: Path, limit: int | None = None, beam: int | None 
     base = dict(cfg["asr"], **({"beam_size": beam} if beam else {}))
     results = {}
     for name in names:
-        tr = Transcriber(dict(base, **table[name]), cfg.models_dir)
+        tr = Transcriber(dict(base, **table[name]), cfg.models_dir, cache_dir=cfg.cache_dir)
         tr.warm()
         errors = words = 0
         audio_s = compute_s = 0.0
@@ -87,8 +90,8 @@ def bench_asr(cfg, sounds_dir: Path, limit: int | None = None, beam: int | None 
             worst.append((e / max(1, len(r)), ref, out.text))
         worst.sort(reverse=True)
         results[name] = {
-            "settings": {k: tr.cfg.get(k) for k in ("window_s", "windows_s", "beam_size", "temperatures",
-                                                   "fallback_logprob")},
+            "settings": dict({k: tr.cfg.get(k) for k in ("window_s", "windows_s", "beam_size", "temperatures",
+                                                        "fallback_logprob")}, threads=tr.threads, workers=tr.workers),
             "wer": round(errors / max(1, words), 4), "rtf": round(compute_s / audio_s, 3),
             "ms_median": round(statistics.median(every)), "ms_p95": round(float(np.percentile(every, 95))),
             "ms_per_2_5s_utterance_median": round(statistics.median(short)) if short else None,

@@ -209,7 +209,7 @@ class CallSession:
         if spec is not None and (np.array_equal(spec[0], ev.audio) or (ev.early and not spec[2].done())):
             return                          # already guessing this audio, or busy with an older guess
         crowded = len(self.e.live) > self.e.transcriber.workers
-        if ev.early and (crowded or not self.e.transcriber.has_spare()):
+        if ev.early and (crowded or not self.e.transcriber.has_spare(alone=len(self.e.live) <= 1)):
             return
         hint = self._hint()
         self._emit("asr-guess", early=ev.early, audio_s=round(len(ev.audio) / self.rate, 2))

@@ -108,13 +108,15 @@ def test_the_window_grows_with_the_utterance_and_long_speech_is_whole(asr):
 
 
 def test_two_callers_are_transcribed_at_once_with_the_same_words(asr, monkeypatch):
-    """One model replica per core (`asr.workers`): two callers' turns run side by side, not queued,
-    and a replica hears exactly what a lone transcription hears."""
-    import os
+    """Two model replicas (the layout where one thread a replica is the faster): two callers' turns run
+    side by side, not queued, and a replica hears exactly what a lone transcription hears."""
     import threading
     import time
 
-    assert asr.workers == (asr.cfg.get("workers") or len(os.sched_getaffinity(0)))
+    from tests.conftest import MODELS
+
+    asr = Transcriber(dict(asr.cfg, threads=1, workers=2), MODELS, prompt=asr.prompt)
+    assert asr.workers == 2
     lines = [phone_line(read_audio(path, RATE)[0], RATE) for path, _ in core_sounds(2)]
     alone = [asr.transcribe(line, RATE).text for line in lines]
     spans, decode = [], asr._decode
@@ -135,8 +137,38 @@ def test_two_callers_are_transcribed_at_once_with_the_same_words(asr, monkeypatc
         t.join()
     assert together == alone and all(alone)
     (s1, e1), (s2, e2) = sorted(spans)
-    assert (s2 < e1) == (asr.workers >= 2), spans       # overlapping only when there are two replicas
+    assert s2 < e1, spans                               # overlapping
     assert asr.backlog_s() == 0
+
+
+def test_the_asr_layout_is_measured_once_per_cpu_and_the_faster_one_kept(tmp_path, monkeypatch):
+    """`asr.threads = 0`: one replica per core or one replica on every core, whichever a lone caller's
+    turn is faster on, on this CPU; measured at the first start, then read from the cache."""
+    import json
+    import os
+
+    from asr import transcriber as t
+
+    cfg = make_cfg(tmp_path)
+    path = t.resolve_model("base", cfg.models_dir)
+    choice = t.choose_layout(path, cfg["asr"], tmp_path)
+    cores = len(os.sched_getaffinity(0))
+    probes = choice["probe_ms"]
+    assert set(probes) == {f"{a}x{b}" for a, b in t.layouts(cores)} and all(v > 0 for v in probes.values())
+    assert f"{choice['threads']}x{choice['workers']}" == min(probes, key=probes.get)
+    cached = json.loads((tmp_path / "asr_layout.json").read_text())
+    (key,) = cached
+    assert t.cpu_id() in key and f"{cores} cores" in key and cached[key] == choice
+
+    def no_probe(*a, **kw):
+        raise AssertionError("measured again")
+    monkeypatch.setattr(t, "_probe_ms", no_probe)
+    assert t.choose_layout(path, cfg["asr"], tmp_path) == choice
+    tr = Transcriber(cfg["asr"], cfg.models_dir, cache_dir=tmp_path)
+    assert (tr.threads, tr.workers) == (choice["threads"], choice["workers"])
+    other = dict(cfg["asr"], beam_size=1)                   # another setting is another measure
+    with pytest.raises(AssertionError, match="measured again"):
+        t.choose_layout(path, other, tmp_path)
 
 
 def test_repetition_loops_are_cut_and_prompt_echoes_spotted():
