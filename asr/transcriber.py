@@ -134,36 +134,35 @@ def cpu_id() -> str:
             f"stepping {info.get('stepping', '?')})")
 
 
-def layouts(cores: int) -> list[tuple[int, int]]:
-    """(threads, replicas) to choose from: one replica per core, or one replica using every core."""
-    return sorted({(1, cores), (cores, 1)})
-
-
-def _probe_ms(model, beam: int) -> float:
-    """A lone caller's short turn on one replica: a 10 s window and 12 beam-search tokens (end of text
-    suppressed, so every layout does the same work); the best of 3 after one untimed run."""
+def _probe_ms(models: dict, beam: int) -> dict:
+    """A lone caller's short turn on each model: a 10 s window and 12 beam-search tokens (end of text
+    suppressed, so every model does the same work); the best of 3 after one untimed run, the models
+    taking turns so that a change in the machine's speed meanwhile touches them alike."""
     from faster_whisper.tokenizer import Tokenizer
 
-    tok = Tokenizer(model.hf_tokenizer, True, task="transcribe", language="fr")
+    first = next(iter(models.values()))
+    tok = Tokenizer(first.hf_tokenizer, True, task="transcribe", language="fr")
     audio = np.random.default_rng(0).normal(0, 0.01, 16000 * 10).astype(np.float32)
-    features = model.feature_extractor(audio)[:, :1000]
+    features = first.feature_extractor(audio)[:, :1000]
     prompt = [tok.sot_prev] + tok.encode(" Mairie de la commune, état civil, passeport.") + \
         list(tok.sot_sequence) + [tok.no_timestamps]
-    best = math.inf
+    best = dict.fromkeys(models, math.inf)
     for i in range(4):
-        t = time.perf_counter()
-        model.model.generate(model.encode(features), [prompt], beam_size=beam, max_length=len(prompt) + 12,
-                             suppress_tokens=_suppressed(tok) + [tok.eot])
-        if i:
-            best = min(best, (time.perf_counter() - t) * 1000)
-    return best
+        for name, model in models.items():
+            t = time.perf_counter()
+            model.model.generate(model.encode(features), [prompt], beam_size=beam, max_length=len(prompt) + 12,
+                                 suppress_tokens=_suppressed(tok) + [tok.eot])
+            if i:
+                best[name] = min(best[name], (time.perf_counter() - t) * 1000)
+    return {name: round(ms, 1) for name, ms in best.items()}
 
 
 def choose_layout(path: str, cfg: dict, cache_dir: Path | None = None) -> dict:
-    """`asr.threads = 0`: how many threads a replica gets, measured on this machine. On one 2-core AMD
-    EPYC the decoder ran faster on 1 thread (19 vs 32 ms a token), on another (a Zen 1 one) 1.6x
-    slower (28 vs 18 ms) and the encoder 1.8x slower: a lone caller waited 1.41 s instead of 0.79 s.
-    Measured once per CPU and model, then read from the cache."""
+    """`asr.threads = 0`: callers share one 1-thread replica per core (under load they decode side by
+    side), and a lone caller's turn runs on one model using every core if that is faster on this CPU.
+    It is on some and not on others: on one 2-core AMD EPYC the decoder ran faster on 1 thread (19 vs
+    32 ms a token), on a Zen 1 EPYC 1.6x slower (28 vs 18 ms), its encoder 1.8x slower. Measured once
+    per CPU and model, then read from the cache."""
     cores = len(os.sched_getaffinity(0))
     key = f"{cpu_id()}|{cores} cores|{Path(path).resolve()}|{cfg['compute_type']}|beam {cfg['beam_size']}"
     cache = Path(cache_dir) / "asr_layout.json" if cache_dir else None
@@ -175,14 +174,13 @@ def choose_layout(path: str, cfg: dict, cache_dir: Path | None = None) -> dict:
             known = {}
     if key in known:
         return known[key]
-    probes = {}
-    for threads, workers in layouts(cores):
-        model = _load.__wrapped__(path, cfg["device"], cfg["compute_type"], threads, workers)   # not kept
-        probes[f"{threads}x{workers}"] = round(_probe_ms(model, int(cfg["beam_size"])), 1)
-        del model
-    threads, workers = map(int, min(probes, key=probes.get).split("x"))
-    choice = {"threads": threads, "workers": workers, "probe_ms": probes}
-    log.info("ASR layout for %s: %d thread(s) x %d replica(s), probe %s", key, threads, workers, probes)
+    models = {f"{n}_thread": _load.__wrapped__(path, cfg["device"], cfg["compute_type"], n, 1)   # not kept
+              for n in sorted({1, cores})}
+    probes = _probe_ms(models, int(cfg["beam_size"]))
+    del models
+    solo = cores > 1 and probes[f"{cores}_thread"] < 0.95 * probes["1_thread"]
+    choice = {"solo": solo, "probe_ms": probes}
+    log.info("ASR layout for %s: a lone caller on %s, probe %s", key, "every core" if solo else "one replica", probes)
     if cache:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -233,13 +231,16 @@ class Transcriber:
 
         self.cfg = asr_cfg
         path = resolve_model(str(asr_cfg["model"]), Path(models_dir))
-        self.threads = int(asr_cfg["threads"])
-        self.workers = int(asr_cfg.get("workers", 1)) or len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
+        self.threads = int(asr_cfg["threads"]) or 1
+        self.workers = int(asr_cfg.get("workers", 1)) or cores
         self.layout: dict = {}
-        if self.threads == 0:           # measured on this machine (choose_layout)
-            self.layout = choose_layout(path, asr_cfg, cache_dir)
-            self.threads, self.workers = self.layout["threads"], self.layout["workers"]
         self.model = _load(path, asr_cfg["device"], asr_cfg["compute_type"], self.threads, self.workers)
+        self.solo = None                # a model on every core, for a lone caller (choose_layout)
+        if int(asr_cfg["threads"]) == 0:
+            self.layout = choose_layout(path, asr_cfg, cache_dir)
+            if self.layout["solo"]:
+                self.solo = _load(path, asr_cfg["device"], asr_cfg["compute_type"], cores, 1)
         self.prompt = prompt if asr_cfg.get("hotwords", True) else ""
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
                                    task="transcribe", language="fr")
@@ -281,13 +282,17 @@ class Transcriber:
                 self.transcribe(pcm, 8000, force=True)
         with ThreadPoolExecutor(self.workers) as pool:
             list(pool.map(run, range(self.workers)))
+        if self.solo is not None:
+            for pcm in noise:
+                self.transcribe(pcm, 8000, force=True, alone=True)
         return time.perf_counter() - t
 
     def transcribe(self, pcm: np.ndarray, sample_rate: int, hint: str | None = None,
-                   force: bool = False) -> Transcript:
+                   force: bool = False, alone: bool = False) -> Transcript:
         """`hint`: what the caller is expected to say now (e.g. "Oui. Non."), added to the end of the
         prompt (the commune's vocabulary): a caller may still ask a question instead. `force`: skip
-        the speech gates (warm-up)."""
+        the speech gates (warm-up). `alone`: no other call is in progress, so with the ASR idle this
+        turn may have every core."""
         from audio.pcm import pcm_to_float, resample, rms_dbfs
 
         audio_s = len(pcm) / sample_rate
@@ -298,7 +303,7 @@ class Transcriber:
                 return Transcript("", 0.0, 1.0, audio_s, 0.0, rejected="no_speech")
         audio = pcm_to_float(resample(pcm, sample_rate, 16000))
         if audio_s > 30:         # longer than Whisper's window (not an utterance: a file): 30 s pieces
-            parts = [self.transcribe(pcm[i:i + 30 * sample_rate], sample_rate, hint, force)
+            parts = [self.transcribe(pcm[i:i + 30 * sample_rate], sample_rate, hint, force, alone)
                      for i in range(0, len(pcm), 30 * sample_rate)]
             kept = [p for p in parts if p.text]
             return Transcript(" ".join(p.text for p in kept), min((p.confidence for p in kept), default=0.0),
@@ -308,12 +313,19 @@ class Transcriber:
         t0 = time.perf_counter()
         prompt_text = f"{self.prompt} {hint}".strip() if hint else self.prompt
         with self._count:
+            solo = alone and self.solo is not None and self._queued == 0
             self._queued += 1
+        held = self.workers if solo else 1          # the all-core model holds every replica's slot
         try:
-            with self._slots:
+            for _ in range(held):
+                self._slots.acquire()
+            try:
                 t_run = time.perf_counter()
-                result = self._decode(audio, window, prompt_text)
+                result = self._decode(self.solo if solo else self.model, audio, window, prompt_text)
                 self._recent_s = 0.8 * self._recent_s + 0.2 * (time.perf_counter() - t_run)
+            finally:
+                for _ in range(held):
+                    self._slots.release()
         finally:
             with self._count:
                 self._queued -= 1
@@ -355,13 +367,13 @@ class Transcriber:
             return "prompt"
         return None
 
-    def _decode(self, audio: np.ndarray, window: int,
+    def _decode(self, model, audio: np.ndarray, window: int,
                 prompt_text: str) -> tuple[str, float, float, float, list[str]]:
-        fe = self.model.feature_extractor
+        fe = model.feature_extractor
         padded = np.zeros(window * 16000, dtype=np.float32)
         padded[: len(audio)] = audio                       # the log-mel of silence after the speech
         features = fe(padded)[:, : window * 100]
-        encoded = self.model.encode(features)
+        encoded = model.encode(features)
         tok = self.tokenizer
         prompt = []
         if prompt_text:
@@ -376,7 +388,7 @@ class Transcriber:
             beam = int(self.cfg["beam_size"])
             kwargs = ({"beam_size": beam, "num_hypotheses": min(beam, 1 + n_alt)} if temperature == 0
                       else {"beam_size": 1, "sampling_temperature": temperature, "sampling_topk": 0})
-            r = self.model.model.generate(
+            r = model.model.generate(
                 encoded, [prompt], max_length=len(prompt) + max_new, return_scores=True,
                 return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress, **kwargs)[0]
             raw = r.sequences_ids[0]

@@ -76,7 +76,7 @@ def bench_asr(cfg, sounds_dir: Path, limit: int | None = None, beam: int | None 
         short, every, worst, retried, rejected = [], [], [], 0, 0
         for line, ref in lines:
             t = time.perf_counter()
-            out = tr.transcribe(line, 8000)
+            out = tr.transcribe(line, 8000, alone=True)     # one caller: the layout a lone turn gets
             took = time.perf_counter() - t
             r = words_for_scoring(ref)
             e = edit_distance(r, words_for_scoring(out.text))
@@ -91,7 +91,8 @@ def bench_asr(cfg, sounds_dir: Path, limit: int | None = None, beam: int | None 
         worst.sort(reverse=True)
         results[name] = {
             "settings": dict({k: tr.cfg.get(k) for k in ("window_s", "windows_s", "beam_size", "temperatures",
-                                                        "fallback_logprob")}, threads=tr.threads, workers=tr.workers),
+                                                        "fallback_logprob")}, threads=tr.threads, workers=tr.workers,
+                             all_cores_when_alone=tr.solo is not None),
             "wer": round(errors / max(1, words), 4), "rtf": round(compute_s / audio_s, 3),
             "ms_median": round(statistics.median(every)), "ms_p95": round(float(np.percentile(every, 95))),
             "ms_per_2_5s_utterance_median": round(statistics.median(short)) if short else None,

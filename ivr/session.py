@@ -218,7 +218,8 @@ class CallSession:
         def guess() -> None:
             if not self.ended and future.set_running_or_notify_cancel():
                 try:
-                    future.set_result(self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint))
+                    future.set_result(self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint,
+                                                                    alone=len(self.e.live) <= 1))
                 except Exception as exc:
                     future.set_exception(exc)
             elif not future.done():
@@ -245,7 +246,8 @@ class CallSession:
             except Exception:       # the guess failed: transcribe again (a second failure is the turn's)
                 log.exception("call %s: early transcription failed", self.call_id)
         if tr is None:
-            tr, speculative = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint), False
+            tr = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint, alone=len(self.e.live) <= 1)
+            speculative = False
         asr_ms = (time.perf_counter() - ended_at) * 1000      # what the caller waited for, after the endpoint
         self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms),
                    speculative=speculative)

@@ -141,9 +141,9 @@ def test_two_callers_are_transcribed_at_once_with_the_same_words(asr, monkeypatc
     assert asr.backlog_s() == 0
 
 
-def test_the_asr_layout_is_measured_once_per_cpu_and_the_faster_one_kept(tmp_path, monkeypatch):
-    """`asr.threads = 0`: one replica per core or one replica on every core, whichever a lone caller's
-    turn is faster on, on this CPU; measured at the first start, then read from the cache."""
+def test_the_asr_layout_is_measured_once_per_cpu(tmp_path, monkeypatch):
+    """`asr.threads = 0`: whether a lone caller's turn is faster on every core than on one replica is
+    measured on this CPU at the first start, then read from the cache."""
     import json
     import os
 
@@ -154,8 +154,8 @@ def test_the_asr_layout_is_measured_once_per_cpu_and_the_faster_one_kept(tmp_pat
     choice = t.choose_layout(path, cfg["asr"], tmp_path)
     cores = len(os.sched_getaffinity(0))
     probes = choice["probe_ms"]
-    assert set(probes) == {f"{a}x{b}" for a, b in t.layouts(cores)} and all(v > 0 for v in probes.values())
-    assert f"{choice['threads']}x{choice['workers']}" == min(probes, key=probes.get)
+    assert set(probes) == {"1_thread", f"{cores}_thread"} and all(v > 0 for v in probes.values())
+    assert choice["solo"] == (cores > 1 and probes[f"{cores}_thread"] < 0.95 * probes["1_thread"])
     cached = json.loads((tmp_path / "asr_layout.json").read_text())
     (key,) = cached
     assert t.cpu_id() in key and f"{cores} cores" in key and cached[key] == choice
@@ -165,10 +165,39 @@ def test_the_asr_layout_is_measured_once_per_cpu_and_the_faster_one_kept(tmp_pat
     monkeypatch.setattr(t, "_probe_ms", no_probe)
     assert t.choose_layout(path, cfg["asr"], tmp_path) == choice
     tr = Transcriber(cfg["asr"], cfg.models_dir, cache_dir=tmp_path)
-    assert (tr.threads, tr.workers) == (choice["threads"], choice["workers"])
-    other = dict(cfg["asr"], beam_size=1)                   # another setting is another measure
-    with pytest.raises(AssertionError, match="measured again"):
-        t.choose_layout(path, other, tmp_path)
+    assert (tr.solo is not None) == choice["solo"] and tr.workers == cores and tr.threads == 1
+    with pytest.raises(AssertionError, match="measured again"):      # another setting is another measure
+        t.choose_layout(path, dict(cfg["asr"], beam_size=1), tmp_path)
+
+
+def test_a_lone_caller_gets_every_core_and_callers_together_share_the_replicas(tmp_path, monkeypatch):
+    """Where the all-core model is the faster (forced here, whatever this CPU measured): a lone caller's
+    turn runs on it while the ASR is idle; a second caller's turn, or any turn while other calls are in
+    progress, runs on a 1-thread replica."""
+    import threading
+
+    from asr import transcriber as t
+
+    monkeypatch.setattr(t, "choose_layout", lambda *a, **kw: {"solo": True, "probe_ms": {}})
+    cfg = make_cfg(tmp_path)
+    tr = Transcriber(cfg["asr"], cfg.models_dir)
+    used, decode = [], tr._decode
+
+    def recording(model, *a, **kw):
+        used.append("solo" if model is tr.solo else "replica")
+        return decode(model, *a, **kw)
+    monkeypatch.setattr(tr, "_decode", recording)
+    line = phone_line(read_audio(core_sounds(1)[0][0], RATE)[0], RATE)
+    assert tr.transcribe(line, RATE, alone=True).text and used == ["solo"]
+    assert tr.transcribe(line, RATE, alone=False).text and used[-1] == "replica"
+    used.clear()
+    threads = [threading.Thread(target=tr.transcribe, args=(line, RATE), kwargs={"alone": True}) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(used) == ["replica", "solo"], used      # the ASR was no longer idle for the second
+    assert tr.backlog_s() == 0
 
 
 def test_repetition_loops_are_cut_and_prompt_echoes_spotted():
