@@ -234,12 +234,10 @@ class Transcriber:
         cores = len(os.sched_getaffinity(0))
         self.threads = int(asr_cfg["threads"]) or 1
         self.workers = int(asr_cfg.get("workers", 1)) or cores
-        self.layout: dict = {}
         self.model = _load(path, asr_cfg["device"], asr_cfg["compute_type"], self.threads, self.workers)
         self.solo = None                # a model on every core, for a lone caller (choose_layout)
         if int(asr_cfg["threads"]) == 0:
-            self.layout = choose_layout(path, asr_cfg, cache_dir)
-            if self.layout["solo"]:
+            if choose_layout(path, asr_cfg, cache_dir)["solo"]:
                 self.solo = _load(path, asr_cfg["device"], asr_cfg["compute_type"], cores, 1)
         self.prompt = prompt if asr_cfg.get("hotwords", True) else ""
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
