@@ -89,6 +89,12 @@ def phone_line(pcm: np.ndarray, rate: int) -> np.ndarray:
     return resample(ulaw_decode(ulaw_encode(narrow)), 8000, rate)
 
 
+def at_level(pcm: np.ndarray, dbfs: float) -> np.ndarray:
+    """`pcm` scaled to an RMS of `dbfs`; what goes past full scale is clipped, as a hot line does."""
+    gain = 10 ** ((dbfs - rms_dbfs(pcm)) / 20)
+    return np.clip(pcm.astype(np.float64) * gain, -32768, 32767).astype(np.int16)
+
+
 def frame_samples(rate: int, frame_ms: int = 20) -> int:
     return rate * frame_ms // 1000
 

@@ -172,6 +172,57 @@ def bench_vad(cfg, sounds_dir: Path, snr_db: float = 10.0, collar: int = 2) -> d
     return out
 
 
+HEARING_LINES = ["Quels sont les horaires de la mairie ?", "Non merci, au revoir.", "Oui.",
+                 "Je voudrais un acte de naissance.", "Bonjour, il y a un lampadaire cassé dans ma rue.",
+                 "Comment inscrire mon enfant à la cantine ?"]
+
+
+def bench_hearing(cfg, voices=("mb-fr1", "mb-fr4", "pico"), levels=(-36, -24, -18, -12, -6),
+                  waits=(1.0, 10.0, 30.0)) -> dict:
+    """Whether each line a caller says starts an utterance, after the caller has been silent a while
+    (digital silence, or line noise at -60 dBFS), by voice and level (RMS through G.711, clipped past
+    full scale); the detector as configured against the plain Silero model."""
+    from asr.vad import SileroVad, SpeechStarted, VoiceSegmenter
+    from audio.pcm import at_level, resample
+    from tts.synthesizer import EspeakSynthesizer, PicoSynthesizer
+
+    rng = np.random.default_rng(0)
+    clips = {}
+    for voice in voices:
+        synth = PicoSynthesizer() if voice == "pico" else EspeakSynthesizer(voice, speed=90)
+        for i, text in enumerate(HEARING_LINES):
+            pcm = resample(synth.synth(text), synth.native_rate, 8000)
+            for db in levels:
+                clips[(voice, db, i)] = phone_line(at_level(pcm, db), 8000)
+    detectors = {"silero": lambda: SileroVad(8000),
+                 "silero_plain": lambda: SileroVad(8000, idle_reset_s=0, agc_target_dbfs=0, settled=False)}
+    out = {"benchmark": "hearing", "lines": HEARING_LINES, "voices": list(voices), "levels_dbfs": list(levels),
+           "waits_s": list(waits), "detectors": {}, "machine": machine()}
+    for name, make in detectors.items():
+        res = {"heard": 0, "lines": 0, "by_wait": {}, "by_level": {}, "by_voice": {}, "missed": []}
+        for kind in ("digital_silence", "line_noise"):
+            for wait in waits:
+                n = int(wait * 8000) // 160 * 160
+                lead = np.zeros(n, np.int16) if kind == "digital_silence" else \
+                    rng.normal(0, 32768 * 10 ** (-60 / 20), n).astype(np.int16)
+                for (voice, db, i), clip in clips.items():
+                    det, seg = make(), VoiceSegmenter.from_config(cfg["vad"], 8000)
+                    heard = False
+                    for f in iter_frames(np.concatenate([lead, clip, np.zeros(4000, np.int16)]), 8000):
+                        heard |= any(isinstance(e, SpeechStarted) for e in seg.process(f, det(f)))
+                    res["heard"] += heard
+                    res["lines"] += 1
+                    for key, val in (("by_wait", f"{kind} {wait:g} s"), ("by_level", str(db)), ("by_voice", voice)):
+                        h, t = res[key].get(val, (0, 0))
+                        res[key][val] = (h + heard, t + 1)
+                    if not heard:
+                        res["missed"].append(f"{voice} {db} dBFS after {kind} {wait:g} s: {HEARING_LINES[i]}")
+        for key in ("by_wait", "by_level", "by_voice"):
+            res[key] = {k: f"{h}/{t}" for k, (h, t) in res[key].items()}
+        out["detectors"][name] = res
+    return out
+
+
 def bench_tts(cfg, sounds_dir: Path, n: int = 20, limit: int | None = None) -> dict:
     """Time to first audio, real-time factor, and intelligibility: the project's ASR (without the
     commune prompt) transcribes the voice back after an 8 kHz G.711 line. Two text sets: `n` answers

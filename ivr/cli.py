@@ -547,6 +547,15 @@ def bench_vad(cfg, snr, sounds):
     _print(run(cfg, Path(sounds), snr))
 
 
+@bench.command("hearing")
+@click.pass_obj
+def bench_hearing(cfg):
+    """Lines heard after a silent caller, by voice and level: the detector against plain Silero."""
+    from ivr.bench import bench_hearing as run
+
+    _print(run(cfg))
+
+
 @bench.command("tts")
 @click.option("-n", "n", type=int, default=20, help="Number of knowledge-base answers to speak.")
 @click.option("--limit", type=int, default=None, help="Only the first N recorded prompts.")

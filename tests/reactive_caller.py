@@ -3,7 +3,8 @@
     python tests/reactive_caller.py SPEC.json OUTDIR
 
 SPEC: {"extension": "100", "sip_port": N, "rtp_port": N (optional), "steps": [...],
-       "hangup_after_s": float | null, "timeout_s": float}
+       "hangup_after_s": float | null, "timeout_s": float, "noise_dbfs": float | null}
+Between steps the caller sends digital silence, or comfort noise at "noise_dbfs" (white, RMS).
 Each step is {"audio": "x.wav"} (mono 8 kHz 16-bit) or {"dtmf": "0"}, plus when it starts:
   "at_s": t             t seconds after the answer, whatever is heard (over the greeting, say);
   "after_silence_s": s  once the assistant has spoken (>= 300 ms above -45 dBFS) since the previous
@@ -52,8 +53,10 @@ class Script:
     (answer, DTMF, hang-up). Time is counted in received frames since the answer: the bridge clock
     that also paces what we send."""
 
-    def __init__(self, steps: list[dict]):
+    def __init__(self, steps: list[dict], noise_dbfs: float | None = None):
         self.lock = threading.Lock()
+        self.noise = None if noise_dbfs is None else 32768 * 10 ** (noise_dbfs / 20)
+        self.rng = np.random.default_rng(0)
         self.steps, self.next = steps, 0
         self.rx, self.tx = [], []                   # one int16 frame per tick
         self.rx_t0 = self.tx_t0 = self.t_answer = None
@@ -108,7 +111,8 @@ class Script:
         with self.lock:
             if self.tx_t0 is None:
                 self.tx_t0 = time.monotonic()
-            pcm = ZERO
+            pcm = ZERO if self.noise is None else \
+                np.clip(self.rng.normal(0, self.noise, FRAME), -32768, 32767).astype(np.int16)
             if self.playing is not None:
                 pcm = self.playing[self.pos:self.pos + FRAME]
                 pcm = np.concatenate([pcm, ZERO[len(pcm):]]) if len(pcm) < FRAME else pcm
@@ -197,7 +201,7 @@ def run(spec: dict, out: Path) -> dict:
                 raise ValueError(f"{s['audio']}: need mono {RATE} Hz, got {rate} Hz, shape {pcm.shape}")
             s["pcm"] = pcm
         steps.append(s)
-    script = Script(steps)
+    script = Script(steps, spec.get("noise_dbfs"))
     result = {"answered": False, "remote_hangup": False, "duration_s": 0.0, "steps": script.records, "error": None}
 
     ep = pj.Endpoint()
