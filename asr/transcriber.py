@@ -343,14 +343,11 @@ class Transcriber:
         """Seconds the Silero VAD takes for speech: noise, tones and hum never reach Whisper. Frames in
         Silero's unsure band count: it scores short synthetic or phone-band words 0.35-0.5 (a number said
         digit by digit had 0.0-0.12 s above 0.5, 0.3-0.6 s above 0.35), line noise and music score none."""
-        from asr.vad import SileroVad
+        from asr.vad import speech_seconds
 
         if rate not in (8000, 16000):
             return len(pcm) / rate
-        vad = SileroVad(rate, user="asr")
-        n = rate // 50
-        speech = sum(1 for i in range(0, len(pcm) - n + 1, n) if vad(pcm[i:i + n]) >= 0.35)
-        return speech * 0.02
+        return speech_seconds(pcm, rate, threshold=0.35)
 
     def _reject(self, text: str, avg_logprob: float, no_speech: float, prompt: str) -> str | None:
         if not _norm(text):

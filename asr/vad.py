@@ -142,6 +142,14 @@ def make_detector(vad_cfg: dict, sample_rate: int) -> SpeechDetector:
     raise ValueError(f"unknown VAD engine {engine!r} (silero or webrtc)")
 
 
+def speech_seconds(pcm: np.ndarray, rate: int, threshold: float = 0.5, user: str = "asr") -> float:
+    """Seconds of `pcm` a fresh Silero detector scores as speech (a second opinion on a stretch of
+    audio, independent of the state a call's own detector is in)."""
+    vad = SileroVad(rate, user=user)
+    n = rate // 50
+    return sum(1 for i in range(0, len(pcm) - n + 1, n) if vad(pcm[i:i + n]) >= threshold) * 0.02
+
+
 # --- segmenter ------------------------------------------------------------------------------------
 
 @dataclass

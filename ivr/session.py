@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from asr.vad import BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, make_detector
+from asr.vad import BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, make_detector, speech_seconds
 from audio.pcm import frame_samples, rms_dbfs
 from ivr.echo import EchoMeter
 
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # ASR rejections that mean "nobody spoke" (no reply), as opposed to speech not understood
 NOISE = ("silence", "no_speech", "hallucination", "prompt")
+CALLER_LEVEL_DBFS = -40.0       # caller audio this loud (and not our echo) may be speech
+DEAF_SPEECH_S = 1.0             # speech a fresh detector finds outside every utterance: a deaf call
 
 
 @dataclass
@@ -89,6 +91,8 @@ class CallSession:
         self.turns: list[dict] = []         # what happened, per caller turn (for simulate/bench)
         self._rec_in: list[np.ndarray] = []
         self._rec_out: list[np.ndarray] = []
+        self._loud = bytearray()            # per frame received: caller-level audio, not our echo
+        self._heard: list[list[float]] = []  # [start, end] of each utterance the VAD heard (s)
         self._max_s = float(cfg["call"]["max_duration_s"])
         self._silence_s = float(cfg["call"]["silence_reprompt_s"])
         self.events: list[SessionEvent] = []
@@ -105,22 +109,28 @@ class CallSession:
         prob = self.detector(frame)
         self._echo.update(frame, self._rec_out[-1] if self._rec_out else np.zeros_like(frame))
         ours = max(self._out_level) if self._out_level else -120.0
+        level = rms_dbfs(frame)
         if ours > -45.0:
             # while we speak (and just after), what is not louder than the line's echo of our voice
             # (measured, + 6 dB; until measured, the configured guard) is that echo, not the caller
             echo = self._echo.echo_db
-            if rms_dbfs(frame) < ours + (-self._echo_guard_db if echo is None else echo + 6.0):
+            if level < ours + (-self._echo_guard_db if echo is None else echo + 6.0):
                 prob = 0.0
+                level = -120.0
+        self._loud.append(1 if level >= CALLER_LEVEL_DBFS else 0)
         for ev in self.segmenter.process(frame, prob):
             if isinstance(ev, BargeIn):
                 self._barge_in(ev.t)
             elif isinstance(ev, SpeechStarted):
                 self._last_activity = self._t
+                self._heard.append([ev.t, self._max_s])
                 self._emit("speech-start", t_start=round(ev.t, 3))
             elif isinstance(ev, SpeechPaused):
                 self._speculate(ev)
             elif isinstance(ev, SpeechEnded):
                 self._last_activity = self._t
+                if self._heard:
+                    self._heard[-1][1] = ev.t_end
                 self._emit("speech-end", t_start=round(ev.t_start, 3), reason=ev.reason)
                 self._submit(self._caller_turn, ev, time.perf_counter())
         if self._t >= self._max_s and not self._limit_hit:
@@ -377,19 +387,47 @@ class CallSession:
         self.e.live.discard(self.call_id)
         if reason == "caller_hangup" and self.outcome == "abandoned" and self.turns:
             self.outcome = "answered" if any(t["action"] in ("answer", "guide", "orientation") for t in self.turns) else "abandoned"
+        unheard = self._unheard_speech_s()
+        deaf = not self._heard and unheard >= DEAF_SPEECH_S
+        if unheard >= DEAF_SPEECH_S:
+            self._emit("unheard-speech", seconds=unheard, deaf=deaf)
+            log.warning("call %s: %s: %.1f s of caller speech outside any utterance heard", self.call_id,
+                        "deaf call, nothing the caller said was heard" if deaf else "caller speech not heard", unheard)
         self._emit("hangup", reason=reason)
         recording = ""
         if self.e.cfg["call"]["record"] and self.e.recordings_dir:
             recording = str(self.save_recording(Path(self.e.recordings_dir) / f"{self.call_id}.wav"))
         # a transferred call's record starts with why (the desk and the console show it)
         self.store.end_call(self.call_id, self.outcome, reason, self._t,
-                            self.summary(self._transfer_reason), recording)
+                            self.summary(self._transfer_reason), recording, unheard_speech_s=unheard, deaf=deaf)
         if self.on_hangup and reason not in ("caller_hangup", "transfer"):
             self.on_hangup(reason)
         if self._own_executor:
             self.executor.shutdown(wait=False)
         if self._spec_pool is not None:
             self._spec_pool.shutdown(wait=False)
+
+    def _unheard_speech_s(self, pad_s: float = 0.2, most_s: float = 120.0) -> float:
+        """Speech a fresh detector finds in the caller's loud audio outside every utterance the call's
+        own VAD heard: a detector gone deaf (its state, a level it misjudges) shows up here."""
+        loud = np.frombuffer(bytes(self._loud), dtype=np.uint8).astype(bool)
+        n = min(len(loud), len(self._rec_in))
+        loud = loud[:n]
+        for start, end in self._heard:
+            loud[max(0, int(start / self.frame_s) - 10):int(end / self.frame_s) + 10] = False
+        if loud.sum() * self.frame_s < 0.3:
+            return 0.0
+        pad = int(pad_s / self.frame_s)
+        near = np.convolve(loud.astype(float), np.ones(2 * pad + 1), mode="same") > 0.5     # each stretch, padded
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], near.astype(np.int8), [0]])))
+        total, budget = 0.0, int(most_s / self.frame_s)
+        for a, b in zip(edges[::2], edges[1::2]):
+            b = min(b, a + budget)
+            if b <= a:
+                break
+            budget -= b - a
+            total += speech_seconds(np.concatenate(self._rec_in[a:b]), self.rate)
+        return round(total, 2)
 
     def save_recording(self, path: Path) -> Path:
         """Both directions, aligned on the call clock: left = caller, right = assistant."""

@@ -72,8 +72,14 @@ def _m4(db: sqlite_utils.Database) -> None:
     db["callbacks"].add_column("service", str)        # the service a message is for (commune.yaml key)
 
 
+def _m5(db: sqlite_utils.Database) -> None:
+    # caller speech the call's VAD did not hear (s), and calls where it heard none of it
+    db["calls"].add_column("unheard_speech_s", float)
+    db["calls"].add_column("deaf", int)
+
+
 MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2), ("003_console", _m3),
-              ("004_callback_service", _m4)]
+              ("004_callback_service", _m4), ("005_unheard_speech", _m5)]
 
 
 class Store:
@@ -107,11 +113,12 @@ class Store:
         return call_id
 
     def end_call(self, call_id: str, outcome: str, reason: str, duration_s: float,
-                 summary: str = "", recording: str = "") -> None:
+                 summary: str = "", recording: str = "", unheard_speech_s: float = 0.0, deaf: bool = False) -> None:
         with self._lock:
             self.db["calls"].update(call_id, {"ended_at": now_iso(), "status": "ended", "outcome": outcome,
                                               "end_reason": reason, "duration_s": round(duration_s, 3),
-                                              "summary": summary, "recording": recording})
+                                              "summary": summary, "recording": recording,
+                                              "unheard_speech_s": unheard_speech_s, "deaf": int(deaf)})
 
     def close_interrupted(self, transport: str) -> int:
         """Calls left 'active' by a process that died: closed as errors, so every call has an end."""

@@ -52,9 +52,10 @@ def engines(shared_data):
 
 
 def caller_voice(text: str, rate: int = 8000, phone: bool = True, tmp: Path | None = None,
-                 voice: str = "mbrola") -> np.ndarray:
-    """A caller saying `text` in French through a G.711 phone line: espeak-ng + MBROLA fr1 (the test
-    voice), or SVOX Pico (`voice="pico"`, the assistant's own voice, a second one for benchmarks)."""
+                 voice: str = "mbrola", wpm: int = 150) -> np.ndarray:
+    """A caller saying `text` in French through a G.711 phone line: espeak-ng + MBROLA (`voice`
+    "mbrola" or "mb-fr1": fr1, the test voice; "mb-fr4": a second one, at `wpm` words a minute), or
+    SVOX Pico (`voice="pico"`, the assistant's own voice, a third one for benchmarks)."""
     if voice == "pico":
         from audio.pcm import resample
         from tts.synthesizer import PicoSynthesizer
@@ -67,8 +68,8 @@ def caller_voice(text: str, rate: int = 8000, phone: bool = True, tmp: Path | No
 
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "caller.wav"
-        subprocess.run(["espeak-ng", "-v", "mb-fr1", "-s", "150", "-w", str(wav), text], check=True,
-                       capture_output=True)
+        subprocess.run(["espeak-ng", "-v", "mb-fr1" if voice == "mbrola" else voice, "-s", str(wpm), "-w", str(wav),
+                        text], check=True, capture_output=True)
         pcm, _ = read_audio(wav, rate)
     return phone_line(pcm, rate) if phone else pcm
 

@@ -356,6 +356,27 @@ def test_the_dashboard_shows_its_charts_and_the_call_list_filters(site, browser)
         _axe(page, path)
 
 
+def test_a_call_where_the_caller_was_not_heard_is_flagged_and_found(site, browser):
+    store = site["store"]
+    cid = store.start_call("sip", "sip:0611223399@x")
+    store.add_turn(cid, "assistant", "Je ne vous entends pas.", "prompt", 14, 14, 0.0, "clarify")
+    store.end_call(cid, "transferred", "transfer", 31.0, summary="appelant silencieux", unheard_speech_s=3.4, deaf=True)
+    heard = store.start_call("sip", "sip:0611223388@x")
+    store.end_call(heard, "answered", "goodbye", 20.0)
+    page = _page(browser, site)
+    page.click("text=appel(s) où l'appelant n'a pas été entendu")
+    page.wait_for_load_state()
+    assert page.is_checked("#non_entendu")
+    rows = page.inner_text("tbody")
+    assert "appelant non entendu" in rows and "silencieux" in rows
+    assert page.locator(f"a[href$='/appels/{heard}']").count() == 0          # heard calls are filtered out
+    _axe(page, "/appels?non_entendu=1")
+    page.click(f"a[href$='/appels/{cid}']")
+    page.wait_for_load_state()
+    assert "rien entendu de ce que l'appelant a dit (3,4 s de parole)" in page.inner_text(".facts")
+    page.screenshot(path=str(SHOTS / "appel-non-entendu.png"), full_page=True)
+
+
 # --- security, over plain HTTP -----------------------------------------------------------------------
 
 def test_every_page_refuses_an_anonymous_visitor(site):

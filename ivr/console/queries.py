@@ -68,8 +68,10 @@ class Queries:
 
     # --- calls ------------------------------------------------------------------------------------
     def calls(self, since: str = "", until: str = "", outcome: str = "", theme: str = "", text: str = "",
-              page: int = 1) -> tuple[list[dict], int]:
+              page: int = 1, unheard: bool = False) -> tuple[list[dict], int]:
         where, args = ["1 = 1"], []
+        if unheard:         # the caller spoke and (some of) it was not heard: calls to listen to
+            where.append("(c.deaf = 1 or c.unheard_speech_s >= 1.0)")
         if since:
             where.append("date(c.started_at, 'localtime') >= ?")
             args.append(since)
@@ -194,7 +196,8 @@ class Queries:
                 "themes": dict(sorted(themes.items(), key=lambda kv: -kv[1])[:10]),
                 "satisfaction": sat, "latency_p50_ms": pct(0.5), "latency_p95_ms": pct(0.95),
                 "latency_turns": len(lat),
-                "distinct_callers": len({hash_number(c["caller"]) for c in calls})}
+                "distinct_callers": len({hash_number(c["caller"]) for c in calls}),
+                "deaf": sum(1 for c in calls if c["deaf"])}
 
     # --- questions to learn from -------------------------------------------------------------------
     def weak_questions(self, since: str = "", low_confidence: float = 0.4) -> list[dict]:

@@ -250,12 +250,12 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     @app.get("/appels")
     @admin_only
     def calls():
-        f = {k: request.args.get(k, "").strip() for k in ("du", "au", "issue", "theme", "texte")}
+        f = {k: request.args.get(k, "").strip() for k in ("du", "au", "issue", "theme", "texte", "non_entendu")}
         for k in ("du", "au"):
             if f[k] and not re.match(r"^\d{4}-\d{2}-\d{2}$", f[k]):
                 f[k] = ""
         page = max(1, request.args.get("page", 1, type=int) or 1)
-        rows, total = q.calls(f["du"], f["au"], f["issue"], f["theme"], f["texte"], page)
+        rows, total = q.calls(f["du"], f["au"], f["issue"], f["theme"], f["texte"], page, unheard=f["non_entendu"] == "1")
         pages = max(1, -(-total // 25))
         return render_template("calls.html", rows=rows, total=total, page=page, pages=pages, f=f)
 
