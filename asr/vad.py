@@ -42,8 +42,8 @@ def _silero_session(user: str = "calls"):
 
 @functools.lru_cache(maxsize=2)
 def _silero_ready_state(user: str = "calls") -> tuple[np.ndarray, np.ndarray]:
-    """Silero's recurrent state after 1 s of silence from zero: a listener that has settled. Straight
-    from zero it misses more short first words (52 vs 48 of 54 lines), and left to run on it drifts."""
+    """Silero's recurrent state after 1 s of silence from zero: a listener that has settled. From zero,
+    48 of 54 lines said at once start an utterance, from this state 52; left to run on, it drifts."""
     session = _silero_session(user)
     h = c = np.zeros((1, 1, 128), dtype=np.float32)
     silence = np.zeros((1, SileroVad.CONTEXT + SileroVad.WINDOW), dtype=np.float32)
@@ -121,7 +121,7 @@ class SileroVad(SpeechDetector):
 
 
 class WebRtcVad(SpeechDetector):
-    """Google WebRTC VAD (webrtcvad-wheels): nearly free, but weak on noisy lines (see README)."""
+    """Google WebRTC VAD (webrtcvad-wheels): nearly free, but weak on noisy lines (docs/benchmarks.md)."""
 
     def __init__(self, sample_rate: int = 8000, mode: int = 2):
         import webrtcvad

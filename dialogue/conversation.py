@@ -126,6 +126,7 @@ class State:
     asked: str = ""                         # the last question searched (a day named in it matters)
     orient: dict = field(default_factory=dict)  # orientation: answers so far, failed tries, aids said
     caller_phone: str = ""                  # the number this call comes from, when it is a French one
+    unavailable: list[str] = field(default_factory=list)   # services that did not take the call (keys)
 
 
 class Conversation:
@@ -173,6 +174,25 @@ class Conversation:
             "greeting",
             f"Bonjour, l'assistant vocal de la mairie de {self.commune.name} vous écoute. Appel enregistré. "
             "Tapez 0 pour un agent."))
+
+    def returned(self, extension: str, status: str) -> Reply:
+        """The caller is back: the desk or service they were put through to was busy, did not answer
+        or could not be reached (the dialplan's DIALSTATUS). They are offered a message instead."""
+        key = self.commune.service_by_extension(extension) or "accueil"
+        if key not in self.s.unavailable:
+            self.s.unavailable.append(key)
+        return self._unavailable(key, status)
+
+    def _unavailable(self, key: str, status: str = "") -> Reply:
+        name = str(self.commune.data["services"].get(key, {}).get("nom") or "l'accueil de la mairie")
+        plural = name.startswith("les ")
+        what = {"BUSY": "sont déjà en ligne" if plural else "est déjà en ligne",
+                "NOANSWER": "ne répondent pas" if plural else "ne répond pas"}.get(
+            status, "ne sont pas joignables" if plural else "n'est pas joignable")
+        self.s.stage = "message_offer"
+        self.s.message = {"service": key}
+        return self._say(Reply("message", f"{name[0].upper()}{name[1:]} {what} pour le moment. Voulez-vous "
+                               "laisser un message pour être rappelé ? Dites oui ou non.", service=key))
 
     def on_text(self, text: str, asr_confidence: float = 1.0, alternatives: list[str] = ()) -> Reply:
         """`alternatives`: other ASR readings of the same words, tried when `text` matches no entry
@@ -292,7 +312,7 @@ class Conversation:
         if self.s.silences == 1:
             return self._say(Reply("clarify", "Je ne vous entends pas. Posez votre question, "
                                    "ou tapez 0 pour parler à un agent."))
-        if self._open():
+        if self._open() and "accueil" not in self.s.unavailable:
             return self._say(Reply("transfer", "Je n'entends toujours rien. Je vous passe un agent, ne quittez pas.",
                                    transfer=True, summary="appelant silencieux"))
         return self._say(Reply("goodbye", "Je n'entends toujours rien. N'hésitez pas à rappeler. Au revoir.",
@@ -343,6 +363,8 @@ class Conversation:
 
     def _to_person(self, reason: str) -> Reply:
         summary = f"{reason} ; dit : " + " / ".join(self.s.history[-3:]) if self.s.history else reason
+        if "accueil" in self.s.unavailable:         # it just failed to take this call
+            return self._unavailable("accueil")
         if self._open():
             return self._say(Reply("transfer", "Je vous passe un agent, ne quittez pas.", transfer=True,
                                    summary=summary[:300]))
@@ -374,6 +396,8 @@ class Conversation:
             self.s.stage = "after_answer"
             return self._say(Reply("answer", f"Vous pouvez joindre {name} au {svc.get('telephone', '')}. "
                                    "Avez-vous une autre question ?", service=key))
+        if key in self.s.unavailable:
+            return self._unavailable(key)
         now = self.clock()
         if self.commune.is_open(now, key):
             return self._say(Reply("transfer", f"Je vous passe {name}, ne quittez pas.", transfer=True,

@@ -142,6 +142,11 @@ class Commune:
                     best, best_len = key, len(n)
         return best
 
+    def service_by_extension(self, extension: str) -> str | None:
+        """The service whose switchboard extension (`poste`) this is."""
+        return next((key for key, svc in self.data.get("services", {}).items()
+                     if str(svc.get("poste") or "") == str(extension)), None)
+
     def hours_for_phone(self, service: str) -> str:
         """The week when it is short to say; otherwise today and tomorrow, and how to ask for another
         day (a week of split opening hours takes half a minute to hear)."""

@@ -155,7 +155,7 @@ class FaqIndex:
     phrases from corpus/hors_sujet.yaml). Features: the sentence embedding, character 2-5-grams
     (they survive ASR misspellings) and word 1-2-grams. Its probability is the confidence.
 
-    Measured on the development set (README): top-1 entry accuracy rose from 88 % (nearest question,
+    Measured on the development set (docs/benchmarks.md): top-1 entry accuracy rose from 88 % (nearest question,
     embeddings + n-grams) to 94 %, and the probability separates off-topic queries far better.
     """
 

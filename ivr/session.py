@@ -56,7 +56,9 @@ class CallSession:
                  on_transfer: Callable[[str, str | None], None] | None = None,
                  on_hangup: Callable[[str], None] | None = None,
                  on_event: Callable[[SessionEvent], None] | None = None,
-                 inline: bool = False, executor: ThreadPoolExecutor | None = None):
+                 inline: bool = False, executor: ThreadPoolExecutor | None = None, returned: dict | None = None):
+        """`returned`: the caller comes back after a transfer that failed: {"extension", "status" (the
+        dialplan's DIALSTATUS: BUSY, NOANSWER, CHANUNAVAIL...), "call" (the call it came from)}."""
         cfg = engines.cfg
         self.e = engines
         self.rate = int(cfg["audio"]["sample_rate"])
@@ -65,7 +67,8 @@ class CallSession:
         self.detector = make_detector(cfg["vad"], self.rate)
         self.segmenter = VoiceSegmenter.from_config(cfg["vad"], self.rate, int(cfg["audio"]["frame_ms"]))
         self.store = engines.store
-        self.call_id = self.store.start_call(transport, caller)
+        self.returned = returned
+        self.call_id = self.store.start_call(transport, caller, returned_from=(returned or {}).get("call"))
         engines.live.add(self.call_id)
         self.conversation = engines.new_conversation(self.call_id, caller)
         self.on_transfer, self.on_hangup, self.on_event = on_transfer, on_hangup, on_event
@@ -207,7 +210,12 @@ class CallSession:
                     self._last_activity = self._t   # the silence timer starts when we are done
 
     def _greet(self) -> None:
-        self._reply(self.conversation.greet(), latency={})
+        if self.returned:
+            self._emit("returned", **self.returned)
+            self._reply(self.conversation.returned(self.returned.get("extension", ""), self.returned.get("status", "")),
+                        latency={}, transcript="")
+        else:
+            self._reply(self.conversation.greet(), latency={})
 
     def _speculate(self, ev: SpeechPaused) -> None:
         """Transcribe during the end-of-turn silence; _caller_turn uses it if the audio did not change.

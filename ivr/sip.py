@@ -38,6 +38,17 @@ def ascii_header(text: str, limit: int = 200) -> str:
     return " ".join(t.replace('"', "'").split())[:limit]
 
 
+def returned_call(invite: str) -> dict | None:
+    """What the dialplan says in X-Mairie-Retour when a desk or service did not take a transferred
+    caller: "poste=220;statut=BUSY;" then the transfer's own Refer-To (with ivr-call=<call id>)."""
+    m = re.search(r"^X-Mairie-Retour:\s*(.*)$", invite, re.M | re.I)
+    if not m:
+        return None
+    value = m.group(1).strip()
+    get = lambda key: (re.search(rf"(?:^|;){key}=([\w-]+)", value) or [None, ""])[1]  # noqa: E731
+    return {"extension": get("poste"), "status": get("statut").upper(), "call": get("ivr-call") or None}
+
+
 class SipServer:
     def __init__(self, cfg, engines):
         self.cfg = cfg
@@ -175,6 +186,7 @@ def _make_account(server: SipServer):
                 store = server.engines.store   # every call leaves a record, declined ones too
                 store.end_call(store.start_call("sip", call.getInfo().remoteUri), "declined", why, 0.0)
                 return
+            call.returned = returned_call(prm.rdata.wholeMsg)
             server.calls[call.getId()] = call
             op.statusCode = 200
             call.answer(op)
@@ -220,6 +232,7 @@ def _make_call(server: SipServer, account, call_id: int):
             self.media = None
             self.transferring = False
             self.done = False
+            self.returned = None         # a caller back from a transfer that failed (X-Mairie-Retour)
 
         @property
         def session(self):
@@ -233,7 +246,7 @@ def _make_call(server: SipServer, account, call_id: int):
                 self.box.session = CallSession(
                     server.engines, transport="sip", caller=ci.remoteUri,     # one worker per call: turns in order
                     on_transfer=lambda summary, ext=None: server.commands.put(lambda: server.transfer(pid, summary, ext)),
-                    on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)))
+                    on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)), returned=self.returned)
                 log.info("call %s answered (%s)", self.session.call_id, ci.remoteUri)
             elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self._cleanup(ci.lastReason)

@@ -78,8 +78,12 @@ def _m5(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("deaf", int)
 
 
+def _m6(db: sqlite_utils.Database) -> None:
+    db["calls"].add_column("returned_from", str)      # the call whose transfer failed and came back
+
+
 MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2), ("003_console", _m3),
-              ("004_callback_service", _m4), ("005_unheard_speech", _m5)]
+              ("004_callback_service", _m4), ("005_unheard_speech", _m5), ("006_returned_calls", _m6)]
 
 
 class Store:
@@ -105,11 +109,12 @@ class Store:
                         self.db["migrations"].insert({"name": name, "applied_at": now_iso()})
 
     # --- calls ------------------------------------------------------------------------------------
-    def start_call(self, transport: str, caller: str = "", call_id: str | None = None) -> str:
+    def start_call(self, transport: str, caller: str = "", call_id: str | None = None,
+                   returned_from: str | None = None) -> str:
         call_id = call_id or uuid.uuid4().hex[:16]
         with self._lock:
             self.db["calls"].insert({"id": call_id, "started_at": now_iso(), "transport": transport,
-                                     "caller": caller, "status": "active"})
+                                     "caller": caller, "status": "active", "returned_from": returned_from})
         return call_id
 
     def end_call(self, call_id: str, outcome: str, reason: str, duration_s: float,

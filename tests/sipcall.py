@@ -276,10 +276,14 @@ def uac_scenario(from_user: str, pcap: Path, ring_ms: int, wait_ms: int, caller_
                      + _send(ack487))
 
 
-def uas_scenario(wait_ms: int, answer: bool = True) -> str:
-    """Each INVITE: 180, then 200 OK + the call (answer=False: ring until CANCEL, then 200 + 487)."""
+def uas_scenario(wait_ms: int, answer: bool = True, busy: bool = False) -> str:
+    """Each INVITE: 180, then 200 OK + the call (answer=False: ring until CANCEL, then 200 + 487;
+    busy=True: 486 Busy Here at once)."""
     tag = ";tag=[pid]SIPpTag01[call_number]"
     resp = f"SIP/2.0 {{}}\n[last_Via:]\n[last_From:]\n[last_To:]{tag}\n[last_Call-ID:]\n{{}}\nContact: <sip:desk@[local_ip]:[local_port]>\n"
+    if busy:
+        return _scenario('<recv request="INVITE"/>\n' + _send(resp.format("486 Busy Here", "[last_CSeq:]") + "Content-Length: 0\n")
+                         + '<recv request="ACK"/>\n')
     save = "".join(f'<ereg regexp=".*" search_in="hdr" header="{h}:" assign_to="{v}"/>' for h, v in
                    ((("To", "lto"), ("From", "rfrom")) if answer else (("CSeq", "cseq"),)))   # SIPp rejects unused variables
     body = (f'<recv request="INVITE" rrs="true"><action>{save}</action></recv>\n'
@@ -394,14 +398,15 @@ def place_call(audio: np.ndarray, *, extension: str = "100", from_user: str = "c
 
 class Desk:
     """The desk phone: SIPp UAS on 127.0.0.1:`port` (pjsip.conf's desk contact) answering every
-    call, concurrent ones included (answer=False: it only rings, until CANCEL). It sends no audio
+    call, concurrent ones included (answer=False: it only rings, until CANCEL; busy=True: 486). It sends no audio
     (echo=True: echoes the RTP it gets) and records what it receives on `rtp_port`. hangup_after:
     it hangs up that many seconds after answering (None: it waits for the caller's BYE).
     Results stay readable after exit."""
 
     def __init__(self, port: int = DESK_PORT, rtp_port: int = DESK_RTP, echo: bool = False,
-                 hangup_after: float | None = None, answer: bool = True):
+                 hangup_after: float | None = None, answer: bool = True, busy: bool = False):
         self.port, self.rtp_port, self.echo, self.hangup_after, self.answer = port, rtp_port, echo, hangup_after, answer
+        self.busy = busy
         self.work = self.sipp = self.cap = None
         self._log, self._err, self._media = "", "", {}
 
@@ -409,7 +414,8 @@ class Desk:
         if not _udp_free(self.port):
             raise RuntimeError(f"UDP port {self.port} is taken (another desk?): ss -lunp 'sport = :{self.port}'")
         self.work = Path(tempfile.mkdtemp(prefix="sipdesk-"))
-        (self.work / "desk.xml").write_text(uas_scenario(int(1000 * (86400 if self.hangup_after is None else self.hangup_after)), self.answer))
+        (self.work / "desk.xml").write_text(uas_scenario(int(1000 * (86400 if self.hangup_after is None else self.hangup_after)),
+                                                            self.answer, self.busy))
         try:
             self.cap = start_capture(self.rtp_port, self.work / "recv.pcap")
             self.sipp = _sipp(self.work, "desk", ["-p", str(self.port), "-mp", str(self.rtp_port), "-m", "1000000"]
@@ -526,8 +532,13 @@ class Assistant:
 
         return Store(self.data / "ivr.db")
 
-    def last_calls(self, n: int = 1) -> list[dict]:
-        return [self.store.call(c["id"]) for c in self.store.recent_calls(n)]
+    def last_calls(self, n: int = 1, returns: bool = False) -> list[dict]:
+        """The latest calls placed, newest first; returns=True: with the calls that came back to the
+        assistant from a desk that did not answer (a caller left silent at the end of a test is
+        transferred, and comes back)."""
+        where = "" if returns else "where returned_from is null "
+        ids = [r["id"] for r in self.store.db.query(f"select id from calls {where}order by started_at desc limit ?", [n])]
+        return [self.store.call(i) for i in ids]
 
 
 def tone(freq: float = 440.0, seconds: float = 3.0, amplitude: int = 8000) -> np.ndarray:

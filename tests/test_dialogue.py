@@ -310,6 +310,32 @@ def test_a_2000_word_ramble_still_gets_a_sensible_reply(conv):
     assert r.theme == "enfance_scolarite" or r.action in ("clarify", "transfer")
 
 
+def test_a_caller_back_from_a_desk_that_did_not_answer_is_offered_a_message_for_it(conv):
+    c = conv()
+    r = c.returned("220", "BUSY")
+    assert r.action == "message" and r.service == "urbanisme", r
+    assert r.text.startswith("Le service urbanisme est déjà en ligne pour le moment.") and "message" in r.text
+    # asking for the same service again does not ring it again: the message is offered once more
+    r = c.on_text("passez-moi le service urbanisme")
+    assert not r.transfer and r.action == "message" and "n'est pas joignable" in r.text
+    c.on_text("oui")
+    c.on_text("c'est madame durand pour mon permis de construire")
+    assert "06 11 22 33 44" in c.on_text("06 11 22 33 44").text
+    r = c.on_text("oui")
+    assert r.end_call and r.outcome == "message"
+    row = list(conv.store.db.query("select * from callbacks order by id desc limit 1"))[0]
+    assert row["service"] == "urbanisme" and "durand" in row["message"] and row["phone"] == "0611223344", row
+    # the desk itself: another person is not rung again, another service still is
+    c = conv()
+    r = c.returned("200", "NOANSWER")
+    assert r.service == "accueil" and r.text.startswith("L'accueil de la mairie ne répond pas pour le moment.")
+    assert not c.on_text("je voudrais parler à quelqu'un").transfer
+    assert c.on_text("je voudrais parler au service urbanisme").transfer
+    r = conv().returned("260", "CHANUNAVAIL")
+    assert r.text.startswith("Les services techniques ne sont pas joignables"), r.text
+    assert not conv().returned("999", "CONGESTION").transfer          # an unknown extension: the desk's words
+
+
 def test_english_caller_is_told_the_service_is_in_french_and_offered_a_person(conv):
     r = conv().on_text("hello can you help me I need to speak to someone in english please")
     assert "français" in r.text and "0" in r.text

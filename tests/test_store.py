@@ -10,23 +10,24 @@ def test_schema_is_created_and_migrations_run_once(tmp_path):
     s2 = Store(db)                                     # reopening migrates nothing twice
     names = [r["name"] for r in s2.db["migrations"].rows]
     assert names == ["001_calls_turns_events", "002_reports_callbacks", "003_console", "004_callback_service",
-                     "005_unheard_speech"]
+                     "005_unheard_speech", "006_returned_calls"]
     assert {"calls", "turns", "events", "reports", "callbacks", "users", "audit", "deliveries"} <= set(s.db.table_names())
     assert {"service", "done_at", "done_by"} <= set(s.db["callbacks"].columns_dict)
     assert sqlite3.connect(db).execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
-def test_a_database_from_before_the_unheard_speech_columns_keeps_its_calls(tmp_path, monkeypatch):
+def test_a_database_from_before_the_newer_columns_keeps_its_calls(tmp_path, monkeypatch):
     import ivr.store
 
     monkeypatch.setattr(ivr.store, "MIGRATIONS", ivr.store.MIGRATIONS[:4])
     old = Store(tmp_path / "ivr.db")
-    cid = old.start_call("sip", "sip:0611223344@x")
-    old.db["calls"].update(cid, {"status": "ended", "outcome": "answered"})
+    cid = "0123456789abcdef"
+    old.db["calls"].insert({"id": cid, "started_at": "2026-11-30T10:00:00+00:00", "transport": "sip",
+                            "caller": "sip:0611223344@x", "status": "ended", "outcome": "answered"})
     monkeypatch.undo()
     new = Store(tmp_path / "ivr.db")
     call = new.call(cid)
-    assert call["outcome"] == "answered" and call["deaf"] is None
+    assert call["outcome"] == "answered" and call["deaf"] is None and call["returned_from"] is None
     new.end_call(new.start_call("sip"), "transferred", "transfer", 9.0, unheard_speech_s=2.5, deaf=True)
     assert [r["deaf"] for r in new.db.query("select deaf from calls order by started_at")] == [None, 1]
 

@@ -71,7 +71,7 @@ class PicoSynthesizer(Synthesizer):
 
 class EspeakSynthesizer(Synthesizer):
     """espeak-ng, best with an MBROLA voice (mb-fr1 ... mb-fr7, Debian mbrola-frN): another offline
-    French option, measured less intelligible than Pico (README, TTS benchmark)."""
+    French option, measured less intelligible than Pico (docs/benchmarks.md, TTS)."""
 
     def __init__(self, voice: str = "mb-fr1", speed: int = 100):
         self.binary = shutil.which("espeak-ng")
@@ -149,7 +149,7 @@ def make_synthesizer(tts_cfg: dict, models_dir: Path) -> Synthesizer:
 
 def pre_emphasis(pcm: np.ndarray, a: float) -> np.ndarray:
     """y[n] = x[n] - a*x[n-1], rescaled to the same peak: tilts the voice towards the consonant band
-    that a narrowband phone line keeps (README, TTS benchmark)."""
+    that a narrowband phone line keeps (docs/benchmarks.md, TTS)."""
     if a <= 0 or len(pcm) < 2:
         return pcm
     x = pcm.astype(np.float32)
