@@ -395,7 +395,11 @@ class CallSession:
         self.e.live.discard(self.call_id)
         if reason == "caller_hangup" and self.outcome == "abandoned" and self.turns:
             self.outcome = "answered" if any(t["action"] in ("answer", "guide", "orientation") for t in self.turns) else "abandoned"
-        unheard = self._unheard_speech_s()
+        try:
+            unheard = self._unheard_speech_s()
+        except Exception:               # a second opinion only: the record is written regardless
+            log.exception("call %s: unheard speech check failed", self.call_id)
+            unheard = 0.0
         deaf = not self._heard and unheard >= DEAF_SPEECH_S
         if unheard >= DEAF_SPEECH_S:
             self._emit("unheard-speech", seconds=unheard, deaf=deaf)
