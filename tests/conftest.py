@@ -51,6 +51,25 @@ def engines(shared_data):
     return build_engines(cfg, clock=lambda: OPEN_TIME)
 
 
+@pytest.fixture(scope="module")
+def pbx():
+    """A real Asterisk (tests/sipcall.py), for the modules that place real calls."""
+    from tests.sipcall import Asterisk
+
+    with Asterisk() as ast:
+        yield ast
+
+
+@pytest.fixture(scope="module")
+def assistant(pbx, tmp_path_factory):
+    """`ivr serve` registered with it, one per test module."""
+    from tests.sipcall import Assistant
+
+    a = Assistant(tmp_path_factory.mktemp("serve"), pbx).start()
+    yield a
+    a.stop()
+
+
 def caller_voice(text: str, rate: int = 8000, phone: bool = True, tmp: Path | None = None,
                  voice: str = "mbrola", wpm: int = 150) -> np.ndarray:
     """A caller saying `text` in French through a G.711 phone line: espeak-ng + MBROLA (`voice`

@@ -18,7 +18,7 @@ import pytest
 from audio.pcm import rms_dbfs
 from ivr.store import Store
 from tests.conftest import caller_voice
-from tests.sipcall import Assistant, Asterisk, Desk, place_call, reactive_call
+from tests.sipcall import Assistant, Desk, place_call, reactive_call
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real calls need root (chroot, tcpdump)")
 RATE = 8000
@@ -32,19 +32,6 @@ def speech_at(parts: list[tuple[float, str]], total: float) -> np.ndarray:
         i = int(t * RATE)
         out[i:i + len(v)] = v[: len(out) - i]
     return out
-
-
-@pytest.fixture(scope="module")
-def pbx():
-    with Asterisk() as ast:
-        yield ast
-
-
-@pytest.fixture(scope="module")
-def assistant(pbx, tmp_path_factory):
-    a = Assistant(tmp_path_factory.mktemp("serve"), pbx).start()
-    yield a
-    a.stop()
 
 
 def wait_idle(store: Store, timeout: float = 20) -> None:

@@ -82,23 +82,6 @@ def test_loud_noise_or_music_alone_is_not_a_deaf_call(engines, kind):
 sip = pytest.mark.skipif(os.geteuid() != 0, reason="real calls need root (chroot, tcpdump)")
 
 
-@pytest.fixture(scope="module")
-def pbx():
-    from tests.sipcall import Asterisk
-
-    with Asterisk() as ast:
-        yield ast
-
-
-@pytest.fixture(scope="module")
-def assistant(pbx, tmp_path_factory):
-    from tests.sipcall import Assistant
-
-    a = Assistant(tmp_path_factory.mktemp("serve"), pbx).start()
-    yield a
-    a.stop()
-
-
 def heard_lines(call: dict, r) -> list[tuple[dict, list[str]]]:
     """For each line the caller said, the caller turns of the call's record that overlap it."""
     turns = [t for t in call["turns"] if t["speaker"] == "caller" and t["kind"] == "speech"]

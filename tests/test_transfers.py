@@ -14,23 +14,6 @@ from tests.conftest import caller_voice
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real calls need root (chroot, tcpdump)")
 
 
-@pytest.fixture(scope="module")
-def pbx():
-    from tests.sipcall import Asterisk
-
-    with Asterisk() as ast:
-        yield ast
-
-
-@pytest.fixture(scope="module")
-def assistant(pbx, tmp_path_factory):
-    from tests.sipcall import Assistant
-
-    a = Assistant(tmp_path_factory.mktemp("serve"), pbx).start()
-    yield a
-    a.stop()
-
-
 @pytest.fixture
 def ring_s(pbx):
     """Sets how long a desk rings before the caller goes back (extensions.conf DESK_TIMEOUT)."""
