@@ -22,7 +22,10 @@ def _user_errors():
     from ivr.console.accounts import AccountError
     from tts.synthesizer import TTSError
 
-    return (ConfigError, ModelMissing, CorpusError, AudioError, TTSError, FileNotFoundError, AccountError)
+    from ivr.pbx import PbxConfigError
+
+    return (ConfigError, ModelMissing, CorpusError, AudioError, TTSError, FileNotFoundError, AccountError,
+            PbxConfigError)
 
 
 class IvrGroup(click.Group):
@@ -353,6 +356,24 @@ def chat(cfg, at):
             return
         if reply.end_call:
             return
+
+
+# --- pbx --------------------------------------------------------------------------------------------
+@cli.group()
+def pbx():
+    """The bundled Asterisk."""
+
+
+@pbx.command("config")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder to write (the chroot's /etc/asterisk).")
+@click.pass_obj
+def pbx_config(cfg, out_dir):
+    """Write Asterisk's configuration: asterisk-conf/ and what the settings add (trunk, TLS)."""
+    from ivr.pbx import write
+
+    names = write(cfg, Path(out_dir))
+    click.echo(f"{len(names)} fichiers écrits dans {out_dir}")
 
 
 # --- corpus -----------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 # Asterisk 22 (Debian sid package) in a chroot, for the town-hall voice assistant.
 #
 #   scripts/asterisk.sh install     debootstrap a sid chroot + asterisk (or restore the cached tarball)
-#   scripts/asterisk.sh configure   replace the Debian defaults with asterisk-conf/*.conf
+#   scripts/asterisk.sh configure   replace the Debian defaults with asterisk-conf/*.conf and the
+#                                   settings' trunk and TLS (ivr pbx config)
 #   scripts/asterisk.sh start       start Asterisk and wait until it is fully booted
 #   scripts/asterisk.sh stop        stop it
 #   scripts/asterisk.sh status      is it running, which SIP contacts are registered
@@ -135,19 +136,13 @@ cmd_configure() {
         say "moved the Debian default configs to /etc/asterisk.debian-dist (in the chroot)"
     fi
     mkdir -p "$etc"
-    # Mirror exactly asterisk-conf/: stale files from earlier runs are removed.
-    find "$etc" -maxdepth 1 -name '*.conf' -type f -exec rm -f {} +
-    install -m 0640 "$CONF_SRC"/*.conf "$etc"/
-    # the assistant's SIP password: generated once, kept outside git, readable by root only
-    local secret=$DATA/secrets/sip_password
-    if [ ! -s "$secret" ]; then
-        mkdir -p "$DATA/secrets" && chmod 700 "$DATA/secrets"
-        (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$secret")
-        say "generated the assistant's SIP password in $secret"
-    fi
-    sed -i "s/@SIP_PASSWORD@/$(cat "$secret")/" "$etc/pjsip.conf"
+    # asterisk-conf/*.conf, the assistant's SIP secret (made once in data/secrets/, root only) and
+    # what the settings add (operator trunk, TLS); stale files from earlier runs are removed.
+    local py=${VENV:-$REPO/.venv}/bin/python
+    [ -x "$py" ] || die "no virtual environment at ${VENV:-$REPO/.venv}; run scripts/setup.sh"
+    "$py" -m ivr.cli pbx config --out "$etc" || die "the settings cannot be turned into an Asterisk configuration (see above)"
     mkdir -p "$ROOT/var/spool/asterisk/monitor" "$ROOT/var/log/asterisk" "$ROOT/run/asterisk"
-    say "configured: $(cd "$CONF_SRC" && ls *.conf | tr '\n' ' ')"
+    say "configured: $(cd "$etc" && ls *.conf | tr '\n' ' ')"
     if running; then
         ast_cli 'core reload' >/dev/null && say "running Asterisk reloaded (modules.conf changes need stop + start)"
     fi

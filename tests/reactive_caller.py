@@ -223,14 +223,14 @@ def run(spec: dict, out: Path) -> dict:
         ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
         ep.libStart()
         ac = pj.AccountConfig()
-        ac.idUri = "sip:caller@127.0.0.1"          # Asterisk's endpoint "caller", identified by user name
+        ac.idUri = f"sip:{spec.get('from_user', 'caller')}@127.0.0.1"   # the PBX's endpoint, identified by user name
         ac.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
         ac.mediaConfig.transportConfig.port = int(spec.get("rtp_port") or 0)
         account = pj.Account()
         account.create(ac)
         call = Call(account, script)
         t_start = time.monotonic()
-        call.makeCall(f"sip:{spec['extension']}@127.0.0.1:5060", pj.CallOpParam(True))
+        call.makeCall(f"sip:{spec['extension']}@{spec.get('target', '127.0.0.1:5060')}", pj.CallOpParam(True))
         hangup_after, deadline = spec.get("hangup_after_s"), t_start + float(spec["timeout_s"])
         while not call.disconnected:
             ep.libHandleEvents(10)

@@ -182,13 +182,14 @@ def _stop(proc: subprocess.Popen | None, sig=signal.SIGTERM) -> None:
             proc.wait()
 
 
-def start_capture(port: int, path: Path) -> subprocess.Popen:
-    """tcpdump of the UDP packets sent TO `port` on lo into `path`; returns once it listens."""
+def start_capture(port: int | None, path: Path, netns=None, interface: str = "lo", filter: str = "") -> subprocess.Popen:
+    """tcpdump of the UDP packets sent TO `port` (or matching `filter`) on `interface` into `path`,
+    inside `netns` (tests/netlab.py) if given; returns once it listens."""
     _need("tcpdump", "tcpdump")
     log = path.with_suffix(".tcpdump.log")
+    args = ["tcpdump", "-i", interface, "-nn", "-U", "-s", "0", "-w", str(path), filter or f"udp dst port {port}"]
     with open(log, "w") as err:
-        proc = subprocess.Popen(["tcpdump", "-i", "lo", "-nn", "-U", "-s", "0", "-w", str(path), f"udp dst port {port}"],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(netns.cmd(args) if netns else args, stdout=subprocess.DEVNULL, stderr=err)
     for _ in range(100):
         if "listening on" in _read(log) or proc.poll() is not None:
             break
@@ -199,14 +200,15 @@ def start_capture(port: int, path: Path) -> subprocess.Popen:
     return proc
 
 
-def _sipp(work: Path, name: str, args: list[str]) -> subprocess.Popen:
-    """SIPp running work/NAME.xml; SIP messages logged to NAME.msg, errors to NAME.err."""
+def _sipp(work: Path, name: str, args: list[str], netns=None) -> subprocess.Popen:
+    """SIPp running work/NAME.xml (inside `netns` if given); SIP messages logged to NAME.msg,
+    errors to NAME.err."""
     _need("sipp", "sip-tester")
+    cmd = ["sipp", "-sf", str(work / f"{name}.xml"), "-i", "127.0.0.1", "-mi", "127.0.0.1",
+           "-nostdin", "-aa", "-trace_msg", "-message_file", str(work / f"{name}.msg"),
+           "-trace_err", "-error_file", str(work / f"{name}.err"), *args]
     with open(work / f"{name}.out", "w") as out:
-        return subprocess.Popen(["sipp", "-sf", str(work / f"{name}.xml"), "-i", "127.0.0.1", "-mi", "127.0.0.1",
-                                 "-nostdin", "-aa", "-trace_msg", "-message_file", str(work / f"{name}.msg"),
-                                 "-trace_err", "-error_file", str(work / f"{name}.err"), *args],
-                                cwd=work, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(netns.cmd(cmd) if netns else cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _read(path: Path) -> str:
@@ -310,11 +312,12 @@ class Asterisk:
         return subprocess.run([str(self.repo / "scripts/asterisk.sh"), cmd], capture_output=True, text=True, check=check)
 
     def configured(self) -> bool:
-        """Configured, with exactly the asterisk-conf/*.conf files (what `configure` installs)."""
+        """Configured, with exactly what `configure` installs (ivr pbx config)."""
+        from ivr.config import load_config
+        from ivr.pbx import render
+
         etc = self.root / "etc/asterisk"
-        secret = self.password_file.read_bytes().strip() if self.password_file.exists() else b"?"
-        want = {p.name: p.read_bytes().replace(b"@SIP_PASSWORD@", secret)
-                for p in (self.repo / "asterisk-conf").glob("*.conf")}
+        want = {k: v.encode() for k, v in render(load_config(env={**os.environ, "IVR_DATA": str(self.data)})).items()}
         return (self.root / "etc/asterisk.debian-dist").is_dir() and want == {p.name: p.read_bytes() for p in etc.glob("*.conf")}
 
     @property
@@ -404,26 +407,29 @@ class Desk:
     Results stay readable after exit."""
 
     def __init__(self, port: int = DESK_PORT, rtp_port: int = DESK_RTP, echo: bool = False,
-                 hangup_after: float | None = None, answer: bool = True, busy: bool = False):
+                 hangup_after: float | None = None, answer: bool = True, busy: bool = False, netns=None):
+        """netns: run inside that network namespace (tests/netlab.py), on its loopback."""
         self.port, self.rtp_port, self.echo, self.hangup_after, self.answer = port, rtp_port, echo, hangup_after, answer
-        self.busy = busy
+        self.busy, self.netns = busy, netns
         self.work = self.sipp = self.cap = None
         self._log, self._err, self._media = "", "", {}
 
     def __enter__(self) -> "Desk":
-        if not _udp_free(self.port):
+        if not self.netns and not _udp_free(self.port):
             raise RuntimeError(f"UDP port {self.port} is taken (another desk?): ss -lunp 'sport = :{self.port}'")
         self.work = Path(tempfile.mkdtemp(prefix="sipdesk-"))
         (self.work / "desk.xml").write_text(uas_scenario(int(1000 * (86400 if self.hangup_after is None else self.hangup_after)),
                                                             self.answer, self.busy))
         try:
-            self.cap = start_capture(self.rtp_port, self.work / "recv.pcap")
+            self.cap = start_capture(self.rtp_port, self.work / "recv.pcap", self.netns)
             self.sipp = _sipp(self.work, "desk", ["-p", str(self.port), "-mp", str(self.rtp_port), "-m", "1000000"]
-                              + ["-rtp_echo"] * self.echo)
+                              + ["-rtp_echo"] * self.echo, self.netns)
             for _ in range(50):                     # ready once it holds its SIP port
-                if self.sipp.poll() is not None or not _udp_free(self.port):
+                if self.sipp.poll() is not None or (not self.netns and not _udp_free(self.port)):
                     break
                 time.sleep(0.1)
+            if self.netns:
+                time.sleep(1.0)
             if self.sipp.poll() is not None:
                 raise RuntimeError("desk SIPp exited: " + _read(self.work / "desk.out") + _read(self.work / "desk.err"))
         except BaseException:
@@ -486,9 +492,11 @@ class Assistant:
     """`ivr serve` as a separate process, as a town hall runs it."""
 
     def __init__(self, data: Path, asterisk: "Asterisk", at: str = "2026-12-01T10:00", env: dict | None = None,
-                 code: Path = REPO):
-        """env: extra settings (IVR_*); code: the source tree to run (another checkout, to compare)."""
+                 code: Path = REPO, netns=None, user: str = "assistant"):
+        """env: extra settings (IVR_*); code: the source tree to run (another checkout, to compare);
+        netns: run inside that network namespace (tests/netlab.py); user: its name at the PBX."""
         self.data, self.asterisk, self.proc, self.at = Path(data), asterisk, None, at
+        self.netns, self.user = netns, user
         self.env, self.code = dict(env or {}), Path(code)
         self.log = self.data / "serve.log"
 
@@ -500,7 +508,8 @@ class Assistant:
         if self.code != REPO:      # another checkout may predate the secret file: give the password itself
             env["IVR_SIP__PASSWORD"] = self.asterisk.password_file.read_text().strip()
         # a fixed time (a weekday morning by default) so transfers do not depend on when tests run
-        self.proc = subprocess.Popen([sys.executable, "-m", "ivr.cli", "serve", "--at", self.at], cwd=self.code,
+        cmd = [sys.executable, "-m", "ivr.cli", "serve", "--at", self.at]
+        self.proc = subprocess.Popen(self.netns.cmd(cmd) if self.netns else cmd, cwd=self.code,
                                      env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -512,7 +521,7 @@ class Assistant:
         raise RuntimeError("the assistant did not register: " + self.log.read_text()[-2000:])
 
     def reachable(self) -> bool:
-        return any(l.strip().startswith("Contact:") and "assistant/" in l and "Avail" in l
+        return any(l.strip().startswith("Contact:") and f"{self.user}/" in l and "Avail" in l
                    for l in self.asterisk.cli("pjsip show contacts").splitlines())
 
     def stop(self, sig=signal.SIGTERM) -> None:
@@ -569,14 +578,16 @@ class ReactiveResult:
 
 
 def reactive_call(steps: list[dict], *, extension: str = "100", hangup_after: float | None = None,
-                  timeout: float = 60, keep: bool = False, noise_dbfs: float | None = None) -> ReactiveResult:
+                  timeout: float = 60, keep: bool = False, noise_dbfs: float | None = None, netns=None,
+                  target: str = "127.0.0.1:5060", from_user: str = "caller") -> ReactiveResult:
     """A call from tests/reactive_caller.py (pjsua2 in its own process: one library per process,
     and the assistant's is another). Each step is {"audio": int16 8 kHz} or {"dtmf": "0"}, plus
     "at_s" (seconds after the answer, whatever is heard) or "after_silence_s" (once the assistant
     has spoken, then been silent that long; "max_wait_s", default 30, forces it). Steps run in
     order. Then it hangs up `hangup_after` s after the answer, or waits for the remote BYE;
     `timeout` s from the INVITE ends it anyway. The caller is killed if it outlives that by 30 s.
-    Between steps it sends digital silence, or white comfort noise at `noise_dbfs` (RMS)."""
+    Between steps it sends digital silence, or white comfort noise at `noise_dbfs` (RMS).
+    It calls `extension`@`target` as `from_user`, from inside `netns` (tests/netlab.py) if given."""
     import json
 
     import soundfile as sf
@@ -591,13 +602,14 @@ def reactive_call(steps: list[dict], *, extension: str = "100", hangup_after: fl
         spec_steps.append(s)
     sip_port, rtp_port = free_port_pair()
     spec = {"extension": str(extension), "sip_port": sip_port, "rtp_port": rtp_port, "steps": spec_steps,
-            "hangup_after_s": hangup_after, "timeout_s": timeout, "noise_dbfs": noise_dbfs}
+            "hangup_after_s": hangup_after, "timeout_s": timeout, "noise_dbfs": noise_dbfs, "target": target,
+            "from_user": from_user}
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     out, log = work / "out", work / "caller.log"
     try:
         with open(log, "w") as f:
-            subprocess.run([sys.executable, str(REPO / "tests" / "reactive_caller.py"), str(work / "spec.json"), str(out)],
-                           cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=timeout + 30)
+            cmd = [sys.executable, str(REPO / "tests" / "reactive_caller.py"), str(work / "spec.json"), str(out)]
+            subprocess.run(netns.cmd(cmd) if netns else cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=timeout + 30)
     except subprocess.TimeoutExpired:                # subprocess.run kills it
         pass
     res = json.loads(_read(out / "result.json") or "null") or {
