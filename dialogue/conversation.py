@@ -170,10 +170,7 @@ class Conversation:
         return None
 
     def greet(self) -> Reply:
-        return self._say(Reply(
-            "greeting",
-            f"Bonjour, l'assistant vocal de la mairie de {self.commune.name} vous écoute. Appel enregistré. "
-            "Tapez 0 pour un agent."))
+        return self._say(Reply("greeting", self.commune.greeting))
 
     def returned(self, extension: str, status: str) -> Reply:
         """The caller is back: the desk or service they were put through to was busy, did not answer

@@ -123,6 +123,13 @@ class Commune:
         self.data = data
         self.today = today or dt.date.today()
         self.name = data["commune"]["nom"]
+        self.greeting_text = ""             # commune.message_accueil, rendered by load_corpus
+
+    @property
+    def greeting(self) -> str:
+        """What callers hear first: commune.message_accueil, or the default."""
+        return self.greeting_text or (f"Bonjour, l'assistant vocal de la mairie de {self.name} vous écoute. "
+                                      "Appel enregistré. Tapez 0 pour un agent.")
 
     def services_context(self) -> dict:
         out = {}
@@ -376,6 +383,13 @@ def load_corpus(corpus_dir: str | Path, today: dt.date | None = None, strict: bo
             problems.append(f"{where}: {exc}")
             return text
 
+    greeting = str(commune.data["commune"].get("message_accueil") or "")
+    if "message_accueil" in commune.data["commune"]:
+        commune.greeting_text = render(greeting, "commune.yaml message_accueil")
+        if not commune.greeting_text:
+            problems.append("commune.yaml message_accueil: message vide")
+        elif "enregistr" not in commune.greeting_text.lower():      # callers must be told (GDPR)
+            problems.append("commune.yaml message_accueil: il doit dire que l'appel est enregistré")
     entries: list[Entry] = []
     seen: set[str] = set()
     files = sorted((corpus_dir / "faq").glob("*.yaml"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 
 from ivr.config import Config
 
@@ -51,12 +52,18 @@ class Knowledge:
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def start_watching(self) -> None:
-        """Check every check_every_s even when no call comes, so that the first call of a day hears today."""
+    def start_watching(self, poll_s: float = 1.0) -> None:
+        """Check every check_every_s even when no call comes, so that the first call of a day hears today;
+        and at once when a corpus file's date or size changes (an edit saved from the console), which
+        costs a stat per file every poll_s."""
         def loop():
-            while not self._stop.wait(self.check_every_s):
+            stamp, last = _stamp(self.cfg.corpus_dir), time.monotonic()
+            while not self._stop.wait(poll_s):
                 try:
-                    self.refresh()
+                    now = _stamp(self.cfg.corpus_dir)
+                    if now != stamp or time.monotonic() - last >= self.check_every_s:
+                        stamp, last = now, time.monotonic()
+                        self.refresh()
                 except Exception:  # a watcher that dies would freeze the corpus: log and go on
                     log.exception("corpus check failed")
 
@@ -101,6 +108,21 @@ class Knowledge:
         log.info("corpus reloaded for %s: %d entries", key[0].isoformat(), len(pair[0].entries))
         if self.on_reload:
             self.on_reload(pair[0])
+
+
+def _stamp(corpus_dir) -> tuple:
+    """The corpus files' dates and sizes: cheap to read every second, unlike their fingerprint."""
+    from pathlib import Path
+
+    out = []
+    for p in [Path(corpus_dir, n) for n in ("commune.yaml", "hors_sujet.yaml", "aides.yaml")] + \
+            sorted(Path(corpus_dir, "faq").glob("*.yaml")):
+        try:
+            st = p.stat()
+            out.append((p.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((p.name, 0, 0))
+    return tuple(out)
 
 
 def asr_prompt(corpus) -> str:

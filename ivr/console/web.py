@@ -56,6 +56,7 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     app.extensions["ivr"] = {"store": store, "cfg": cfg}
     rec_dir = (cfg.data_dir / "recordings").resolve()
     knowledge = _KnowledgeView(cfg, clock)
+    from ivr.console.commune import register_routes, setup_pending
 
     # --- access -------------------------------------------------------------------------------------
     def login_required(role: str | None = None):
@@ -144,11 +145,15 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         if not suite.startswith("/") or suite.startswith("//") or "\\" in suite:    # no redirect off-site
             suite = ""
         if request.method == "POST":
+            before = accounts.get(request.form.get("nom", "").strip()) or {}
             user = accounts.verify(request.form.get("nom", "").strip(), request.form.get("mot_de_passe", ""))
             if user:
                 session.clear()
                 session.permanent = True
                 session["user"] = user["name"]
+                # an admin's first log-in on a new install: the commune's set-up is offered on the home page
+                if user["role"] == "admin" and not before.get("last_login") and setup_pending(cfg.corpus_dir, store):
+                    session["guide_offer"] = True
                 audit(store, user["name"], "connexion")
                 return redirect(suite.rstrip("?") or url_for("home"))
             audit(store, request.form.get("nom", "")[:64], "connexion refusée", request.remote_addr or "")
@@ -163,6 +168,10 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     @app.get("/")
     @anyone
     def home():
+        if g.user["role"] == "admin" and session.pop("guide_offer", False):
+            session["guide"] = 0
+            flash("Bienvenue ! Commençons par les informations de la commune que l'assistant donne aux appelants.")
+            return redirect(url_for("commune_identity"))
         return redirect(url_for("dashboard" if g.user["role"] == "admin" else "live"))
 
     # --- switchboard ------------------------------------------------------------------------------
@@ -391,6 +400,9 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         page = max(1, request.args.get("page", 1, type=int) or 1)
         rows = list(store.db.query("select * from audit order by id desc limit 100 offset ?", [(page - 1) * 100]))
         return render_template("audit.html", rows=rows, page=page)
+
+    # --- admin: the commune's facts (ivr/console/commune.py) -----------------------------------------
+    register_routes(app, cfg, store, admin_only, clock, on_saved=knowledge.invalidate)
 
     @app.get("/sante")
     def health():
