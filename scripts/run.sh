@@ -3,6 +3,7 @@
 #   scripts/run.sh           set up, start Asterisk, the assistant and the console, say how to use them
 #   scripts/run.sh --demo    the same, then place one scripted call (a recorded French question)
 #   scripts/run.sh stop      stop the console, the assistant and Asterisk
+# With [pbx] mode = "external" (the town hall's own PBX, docs/pbx.md) no Asterisk is started here.
 set -euo pipefail   # (grep -q would end a pipe early: pipefail would then see SIGPIPE)
 cd "$(dirname "$0")/.."
 DATA=${IVR_DATA:-data}
@@ -23,20 +24,27 @@ if [ "${1:-}" = stop ]; then
 fi
 
 scripts/setup.sh
-scripts/asterisk.sh start
+MODE=$(.venv/bin/python -c "from ivr.config import load_config; print(load_config()['pbx']['mode'])")
+[ "$MODE" = external ] || scripts/asterisk.sh start
 mkdir -p "$(dirname "$LOG")"
-if ! running; then
+touch "$LOG"
+FROM=$(($(wc -c <"$LOG") + 1))
+if running; then FROM=1; else
   nohup .venv/bin/ivr serve >>"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
 fi
+registered() {
+  if [ "$MODE" = external ]; then tail -c +"$FROM" "$LOG" | grep -E 'registration: 2[0-9][0-9]' >/dev/null
+  else scripts/asterisk.sh status 2>/dev/null | grep -E 'assistant/.*Avail' >/dev/null; fi
+}
 printf 'waiting for the assistant to register'
 for _ in $(seq 120); do
-  if scripts/asterisk.sh status 2>/dev/null | grep -E 'assistant/.*Avail' >/dev/null; then break; fi
+  if registered; then break; fi
   running || { echo; echo "ERROR: ivr serve stopped; see $LOG" >&2; tail -20 "$LOG" >&2; exit 1; }
   printf '.'; sleep 1
 done
 echo
-scripts/asterisk.sh status | grep -E 'assistant/.*Avail' >/dev/null || { echo "ERROR: no registration; see $LOG" >&2; exit 1; }
+registered || { echo "ERROR: no registration; see $LOG (ivr doctor says more)" >&2; exit 1; }
 if ! console_running; then
   nohup .venv/bin/ivr console >>"$CLOG" 2>&1 &
   echo $! >"$CPIDFILE"
