@@ -121,6 +121,54 @@ def tls_files(cfg) -> tuple[Path, Path]:
             Path(cfg["tls"]["key_file"]) if cfg["tls"]["key_file"] else d / "asterisk.key")
 
 
+def ensure_tls_files(cfg) -> tuple[Path, Path]:
+    """The TLS certificate and key; the default ones are made (self-signed, 825 days) if missing."""
+    import subprocess
+
+    cert, key = tls_files(cfg)
+    if not cfg["tls"]["cert_file"] and not (cert.exists() and key.exists()):
+        cert.parent.mkdir(parents=True, exist_ok=True)
+        cert.parent.chmod(0o700)
+        host = _host_port(cfg["tls"]["bind"])[0]
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
+                            "-subj", "/CN=mairie-pbx", "-addext", f"subjectAltName=IP:{host}" if re.fullmatch(r"[\d.]+", host)
+                            else f"subjectAltName=DNS:{host}", "-keyout", str(key), "-out", str(cert)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise PbxConfigError(f"impossible de créer le certificat TLS ({r.stderr.strip()[-200:]})")
+    for f in (cert, key):
+        if not f.exists():
+            raise PbxConfigError(f"[tls] fichier introuvable : {f}")
+    return cert, key
+
+
+ETC = "/etc/asterisk"       # where Asterisk reads its files (inside its chroot)
+
+
+def render_tls(cfg, cert: str, key: str) -> str:
+    """The TLS transport, and the assistant's account moved onto it with SRTP required."""
+    host, port = _host_port(cfg["tls"]["bind"])
+    out = f"""; --- SIP over TLS, written from [tls] (ivr pbx config): do not edit here --------------------
+[transport-tls]
+type = transport
+protocol = tls
+bind = {host}:{port or 5061}
+cert_file = {cert}
+priv_key_file = {key}
+method = tlsv1_2
+"""
+    if cfg["sip"]["transport"] == "tls":
+        media = "" if host in ("0.0.0.0", "::") else f"media_address = {host}\n"
+        out += f"""
+; The assistant registers over TLS; its audio is SRTP (keys in the TLS signalling), never plain RTP.
+[assistant](+)
+transport = transport-tls
+media_encryption = sdes
+rewrite_contact = yes
+{media}"""
+    return out
+
+
 def render_trunk(t: dict, tls: tuple[str, str] | None) -> tuple[str, str]:
     """(pjsip lines, dialplan lines) of the operator trunk."""
     nat = ""
@@ -205,15 +253,22 @@ def render(cfg) -> dict[str, str]:
         raise PbxConfigError(f"[pbx] mode = {cfg['pbx']['mode']!r} : attendu bundled ou external")
     files = {p.name: p.read_text() for p in sorted(CONF_SRC.glob("*.conf"))}
     files["pjsip.conf"] = files["pjsip.conf"].replace("@SIP_PASSWORD@", sip_secret(cfg))
-    tls = None
+    tls, tls_conf = None, "; no TLS ([tls] enabled = false)\n"
+    if cfg["sip"]["transport"] not in ("udp", "tls"):
+        raise PbxConfigError(f"[sip] transport = {cfg['sip']['transport']!r} : attendu udp ou tls")
     if cfg["tls"]["enabled"]:
-        cert, key = tls_files(cfg)
-        tls = (str(cert), str(key))
+        # copied next to the configuration: Asterisk runs in a chroot and sees nothing else
+        cert, key = ensure_tls_files(cfg)
+        files["tls.crt"], files["tls.key"] = cert.read_text(), key.read_text()
+        tls = (f"{ETC}/tls.crt", f"{ETC}/tls.key")
+        tls_conf = render_tls(cfg, *tls)
+    elif cfg["sip"]["transport"] == "tls":
+        raise PbxConfigError("[sip] transport = \"tls\" demande [tls] enabled = true")
     trunk = trunk_settings(cfg)
     pjsip_extra, dialplan_extra = "; no operator trunk ([trunk] mode is empty)\n", "; no operator trunk\n"
     if trunk:
         pjsip_extra, dialplan_extra = render_trunk(trunk, tls)
-    files["pjsip_trunk.conf"] = pjsip_extra
+    files["pjsip_trunk.conf"] = tls_conf + "\n" + pjsip_extra
     files["extensions_trunk.conf"] = dialplan_extra
     return files
 
@@ -222,8 +277,8 @@ def write(cfg, out: Path) -> list[str]:
     """Write render(cfg) into `out` (mode 0640); files of ours no longer rendered are removed."""
     files = render(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    for p in out.glob("*.conf"):
-        if p.name not in files:
+    for p in [*out.glob("*.conf"), out / "tls.crt", out / "tls.key"]:
+        if p.name not in files and p.exists():
             p.unlink()
     for name, text in files.items():
         tmp = out / f".{name}.tmp"

@@ -82,8 +82,15 @@ class SipServer:
         tc = pj.TransportConfig()
         tc.port = int(self.sip["port"])
         tc.boundAddress = self.sip["bind"]
+        tls = self.sip["transport"] == "tls"
+        if tls:
+            # SIP over TLS; the PBX's certificate is checked when a CA (or its own certificate) is given
+            tc.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+            if self.sip["tls_ca_file"]:
+                tc.tlsConfig.CaListFile = self.sip["tls_ca_file"]
+                tc.tlsConfig.verifyServer = True
         try:
-            self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+            self.ep.transportCreate(pj.PJSIP_TRANSPORT_TLS if tls else pj.PJSIP_TRANSPORT_UDP, tc)
         except pj.Error as exc:
             self.ep.libDestroy()
             raise RuntimeError(f"port SIP {self.sip['bind']}:{self.sip['port']} indisponible (déjà utilisé ?) : "
@@ -97,6 +104,10 @@ class SipServer:
         ac.regConfig.retryIntervalSec = 3
         ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", self.sip["user"], 0, sip_password(self.cfg)))
         ac.mediaConfig.transportConfig.boundAddress = self.sip["bind"]
+        if tls:
+            # the audio too: SRTP or no call (its keys travel in the TLS signalling)
+            ac.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_MANDATORY
+            ac.mediaConfig.srtpSecureSignaling = 1
         self.account = _make_account(self)
         self.account.create(ac)
         log.info("SIP endpoint on %s:%s, registering %s at %s", self.sip["bind"], self.sip["port"], ac.idUri,

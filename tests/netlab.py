@@ -140,7 +140,8 @@ defaultlanguage = fr
         etc = self.path(self.etc)
         etc.mkdir(parents=True, exist_ok=True)
         for name, text in self.files.items():
-            (etc / name).write_text(self._asterisk_conf() if name == "asterisk.conf" else text)
+            # files rendered for the bundled Asterisk name their folder: this instance has its own
+            (etc / name).write_text(self._asterisk_conf() if name == "asterisk.conf" else text.replace("/etc/asterisk/", f"{self.etc}/"))
         (etc / "asterisk.conf").write_text(self._asterisk_conf())
         for d in self.dirs.values():
             self.path(d).mkdir(parents=True, exist_ok=True)
