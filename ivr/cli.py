@@ -590,6 +590,20 @@ def bench_tts(cfg, n, limit, sounds):
     _print(run(cfg, Path(sounds), n, limit))
 
 
+# --- doctor -----------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON item per check.")
+@click.pass_obj
+def doctor(cfg, as_json):
+    """Is this install healthy? One line per check, with what to do; exit code 1 when one fails."""
+    from ivr.doctor import FAIL, as_text, run_checks
+    from ivr.doctor import as_json as to_json
+
+    results = run_checks(cfg)
+    click.echo(to_json(results) if as_json else as_text(results))
+    sys.exit(1 if any(r.status == FAIL for r in results) else 0)
+
+
 def main():
     cli(prog_name="ivr")
 

@@ -117,11 +117,17 @@ class SipServer:
         import faulthandler
         import sys
 
+        from ivr.doctor import write_serve_status
+
         end = time.monotonic() + duration if duration else None
-        armed = 0.0
+        armed = written = 0.0
         while not self.stopping.is_set() and (end is None or time.monotonic() < end):
             self.ep.libHandleEvents(10)
             self._run_commands()
+            if time.monotonic() - written > 5.0:
+                # `ivr doctor` takes a status older than 30 s for a hung assistant
+                write_serve_status(self.cfg, self.registered.is_set(), *getattr(self, "last_registration", (None, "")))
+                written = time.monotonic()
             if time.monotonic() - armed > 1.0:
                 # a SIP loop that stops turning is a hang: then every thread's stack goes to the log (a
                 # C-level timer, which works even if Python itself is stuck; seen once in a test run on
@@ -155,6 +161,8 @@ class SipServer:
             call.transfer("", target=self.sip["end_uri"])
 
     def shutdown(self) -> None:
+        from ivr.doctor import mark_serve_stopped
+
         log.info("stopping: %d call(s) in progress", len(self.calls))
         for call in list(self.calls.values()):
             call.end_now()
@@ -171,6 +179,7 @@ class SipServer:
         self.calls.clear()
         self.account.shutdown()
         del self.account
+        mark_serve_stopped(self.cfg)        # after unregistering, whose onRegState rewrites the status
         time.sleep(0.5)         # sessions finish writing their records
         gc.collect()            # pj objects must go before libDestroy, on this thread
         self.ep.libDestroy()
@@ -184,6 +193,10 @@ def _make_account(server: SipServer):
             ok = prm.code // 100 == 2 and self.getInfo().regIsActive
             (server.registered.set if ok else server.registered.clear)()
             log.info("registration: %s %s", prm.code, prm.reason)
+            from ivr.doctor import write_serve_status
+
+            server.last_registration = (int(prm.code), str(prm.reason))
+            write_serve_status(server.cfg, ok, *server.last_registration)
 
         def onIncomingCall(self, prm):
             call = _make_call(server, self, prm.callId)
