@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MODELS, ROOT, make_cfg
-from tests.test_trunk import SECRET, USER, operator_files, registered
+from tests.test_trunk import USER, operator_files, registered, trunk_settings
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces, mounts and Asterisk need root")
 
@@ -38,22 +38,10 @@ def town(tmp_path_factory):
     from tests.sipcall import Assistant
 
     data = tmp_path_factory.mktemp("doctor")
-    (data / "secrets").mkdir(mode=0o700)
-    (data / "secrets" / "trunk_password").write_text(SECRET + "\n")
     with Lab() as lab:
         mairie, op = lab.netns("mairie"), lab.netns("op")
         m_addr, op_addr = lab.link(mairie, op)
-        settings = data / "ivr.toml"
-        settings.write_text(f"""[trunk]
-mode = "register"
-server = "{op_addr}"
-user = "{USER}"
-numbers = ["01 99 47 20 00"]
-bind = "{m_addr}"
-
-[console]
-port = {CONSOLE_PORT}
-""")
+        settings = trunk_settings(data, op_addr, m_addr, extra=f"\n[console]\nport = {CONSOLE_PORT}\n")
         cfg = make_cfg(data, IVR_CONFIG=settings)
         files = render(cfg)
         with LabAsterisk(op, "operator", operator_files(files["modules.conf"])) as operator, \
@@ -213,12 +201,9 @@ def test_a_wrong_trunk_password(town):
     from tests.netlab import LabAsterisk
 
     data = town.data / "wrong"
-    (data / "secrets").mkdir(parents=True, mode=0o700)
-    (data / "secrets" / "trunk_password").write_text("pas-le-bon")
     ns = town.lab.netns("mairie2")
     m2, op2 = town.lab.link(ns, town.op)
-    settings = data / "ivr.toml"
-    settings.write_text(town.settings.read_text().replace(town.op_addr, op2).replace(town.m_addr, m2))
+    settings = trunk_settings(data, op2, m2, password="pas-le-bon")
     with LabAsterisk(ns, "mairie-wrong", render(make_cfg(data, IVR_CONFIG=settings))) as pbx:
         assert registered(pbx, "trunk-reg", timeout=20) == "Rejected", pbx.cli("pjsip show registrations")
         item = failed(doctor(ns, town.env, IVR_CONFIG=settings, IVR_DATA=data,

@@ -83,6 +83,21 @@ exten => _[+0-9a-zA-Z*#].,1,Set(GLOBAL(OUTBOUND)=${{GLOBAL(OUTBOUND)}}:${{EXTEN}
             "modules.conf": mairie_modules + "load => func_global.so\n", "rtp.conf": "[general]\nrtpstart = 12000\nrtpend = 12999\n"}
 
 
+def trunk_settings(data, server: str, bind: str, password: str = SECRET, extra: str = ""):
+    """A town hall's settings file with the operator's trunk, its password in the secret file."""
+    (data / "secrets").mkdir(parents=True, mode=0o700, exist_ok=True)
+    (data / "secrets" / "trunk_password").write_text(password + "\n")
+    settings = data / "ivr.toml"
+    settings.write_text(f"""[trunk]
+mode = "register"
+server = "{server}"
+user = "{USER}"
+numbers = ["01 99 47 20 00"]
+bind = "{bind}"
+{extra}""")
+    return settings
+
+
 @pytest.fixture(scope="module")
 def town(tmp_path_factory):
     """The town hall (Asterisk with the trunk, `ivr serve`) and its operator, each in its namespace."""
@@ -91,19 +106,10 @@ def town(tmp_path_factory):
     from tests.sipcall import Assistant
 
     data = tmp_path_factory.mktemp("trunk")
-    (data / "secrets").mkdir(mode=0o700)
-    (data / "secrets" / "trunk_password").write_text(SECRET + "\n")
     with Lab() as lab:
         mairie, op = lab.netns("mairie"), lab.netns("op")
         m_addr, op_addr = lab.link(mairie, op)
-        settings = data / "ivr.toml"
-        settings.write_text(f"""[trunk]
-mode = "register"
-server = "{op_addr}"
-user = "{USER}"
-numbers = ["01 99 47 20 00"]
-bind = "{m_addr}"
-""")
+        settings = trunk_settings(data, op_addr, m_addr)
         cfg = make_cfg(data, IVR_CONFIG=settings)
         files = render(cfg)
         with LabAsterisk(op, "operator", operator_files(files["modules.conf"])) as operator, \
@@ -196,18 +202,9 @@ def test_a_wrong_password_is_reported_and_not_retried(town):
     from tests.netlab import LabAsterisk
 
     data = town.data / "wrong"
-    (data / "secrets").mkdir(parents=True, mode=0o700)
-    (data / "secrets" / "trunk_password").write_text("pas-le-bon")
     ns = town.lab.netns("mairie2")
     m2, op2 = town.lab.link(ns, town.op)
-    settings = data / "ivr.toml"
-    settings.write_text(f"""[trunk]
-mode = "register"
-server = "{op2}"
-user = "{USER}"
-numbers = ["{NUMBER}"]
-bind = "{m2}"
-""")
+    settings = trunk_settings(data, op2, m2, password="pas-le-bon")
     with LabAsterisk(ns, "mairie-wrong", render(make_cfg(data, IVR_CONFIG=settings))) as pbx:
         assert registered(pbx, "trunk-reg", timeout=20) == "Rejected", pbx.cli("pjsip show registrations")
         refused = lambda: town.operator.log().count(f"failed for '{m2}")  # noqa: E731
