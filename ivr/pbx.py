@@ -100,8 +100,11 @@ def trunk_settings(cfg) -> dict | None:
     if t["srtp"] != "no" and t["transport"] != "tls":
         raise PbxConfigError("[trunk] srtp demande transport = \"tls\" (les clés SRTP passent dans la signalisation)")
     numbers = []
-    for n in list(t["numbers"]) + ([t["user"]] if mode == "register" else []):
+    for n in t["numbers"]:
         numbers += [v for v in numbers_variants(str(n)) if v not in numbers]
+    # operators may also send calls to the registered contact's user, the account name as it is
+    if mode == "register" and re.fullmatch(r"[+\w.\-]+", t["user"]) and t["user"] not in numbers:
+        numbers.append(t["user"])
     return {"mode": mode, "host": host, "port": port, "transport": t["transport"], "user": t["user"],
             "password": password, "domain": t["domain"] or host, "numbers": numbers,
             "match": list(t["match"]) or [host], "bind": f"{bind_host}:{bind_port or default_port}",
