@@ -105,11 +105,31 @@ def trunk_settings(cfg) -> dict | None:
     # operators may also send calls to the registered contact's user, the account name as it is
     if mode == "register" and re.fullmatch(r"[+\w.\-]+", t["user"]) and t["user"] not in numbers:
         numbers.append(t["user"])
-    return {"mode": mode, "host": host, "port": port, "transport": t["transport"], "user": t["user"],
+    match = list(t["match"]) or [host]
+    return {"mode": mode, "host": host, "acl": _networks(match) + [str(ipaddress.ip_network(n, strict=False))
+                                                                   for n in t["local_nets"]], "port": port, "transport": t["transport"], "user": t["user"],
             "password": password, "domain": t["domain"] or host, "numbers": numbers,
-            "match": list(t["match"]) or [host], "bind": f"{bind_host}:{bind_port or default_port}",
+            "match": match, "bind": f"{bind_host}:{bind_port or default_port}",
             "bind_host": bind_host, "public_address": t["public_address"], "local_nets": list(t["local_nets"]),
             "codecs": codecs, "srtp": t["srtp"]}
+
+
+def _networks(names: list[str]) -> list[str]:
+    """Addresses or networks for an ACL; host names are resolved now (an ACL takes no names)."""
+    import socket
+
+    out = []
+    for name in names:
+        try:
+            out.append(str(ipaddress.ip_network(name, strict=False)))
+        except ValueError:
+            try:
+                addrs = {ai[4][0] for ai in socket.getaddrinfo(name, None, socket.AF_INET)}
+            except OSError:
+                raise PbxConfigError(f"[trunk] adresse de l'opérateur introuvable : {name!r} ; indiquez ses "
+                                     "adresses IP dans [trunk] match") from None
+            out += sorted(f"{a}/32" for a in addrs)
+    return out
 
 
 def _uri(host: str, port: int | None, transport: str, user: str = "") -> str:
@@ -238,7 +258,15 @@ qualify_timeout = 3.0
 [trunk-identify]
 type = identify
 endpoint = trunk
-{''.join(f'match = {m}' + chr(10) for m in t['match'])}"""
+{''.join(f'match = {m}' + chr(10) for m in t['match'])}
+; Once the server faces the operator's network, SIP requests are taken only from the operator, this
+; machine and the town hall's own networks ([trunk] local_nets): a scanner cannot pose as the test
+; caller or the desk, nor try the assistant's password.
+[acl-trunk]
+type = acl
+deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.0/8
+{''.join(f'permit = {n}' + chr(10) for n in t['acl'])}"""
     exts = "".join(f"exten => {n},1,Goto(from-trunk,100,1)\n" for n in t["numbers"])
     dialplan = f"""; --- calls from the operator, written from [trunk] (ivr pbx config): do not edit here -----
 ; Only the commune's numbers are answered; anything else is refused, and no context of this

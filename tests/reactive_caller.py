@@ -219,12 +219,12 @@ def run(spec: dict, out: Path) -> dict:
     try:
         ep.audDevManager().setNullDev()
         tc = pj.TransportConfig()
-        tc.port, tc.boundAddress = int(spec["sip_port"]), "127.0.0.1"
+        tc.port, tc.boundAddress = int(spec["sip_port"]), spec.get("bind", "127.0.0.1")
         ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
         ep.libStart()
         ac = pj.AccountConfig()
         ac.idUri = f"sip:{spec.get('from_user', 'caller')}@127.0.0.1"   # the PBX's endpoint, identified by user name
-        ac.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        ac.mediaConfig.transportConfig.boundAddress = spec.get("bind", "127.0.0.1")
         ac.mediaConfig.transportConfig.port = int(spec.get("rtp_port") or 0)
         account = pj.Account()
         account.create(ac)

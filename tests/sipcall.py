@@ -579,7 +579,7 @@ class ReactiveResult:
 
 def reactive_call(steps: list[dict], *, extension: str = "100", hangup_after: float | None = None,
                   timeout: float = 60, keep: bool = False, noise_dbfs: float | None = None, netns=None,
-                  target: str = "127.0.0.1:5060", from_user: str = "caller") -> ReactiveResult:
+                  target: str = "127.0.0.1:5060", from_user: str = "caller", bind: str = "127.0.0.1") -> ReactiveResult:
     """A call from tests/reactive_caller.py (pjsua2 in its own process: one library per process,
     and the assistant's is another). Each step is {"audio": int16 8 kHz} or {"dtmf": "0"}, plus
     "at_s" (seconds after the answer, whatever is heard) or "after_silence_s" (once the assistant
@@ -587,7 +587,8 @@ def reactive_call(steps: list[dict], *, extension: str = "100", hangup_after: fl
     order. Then it hangs up `hangup_after` s after the answer, or waits for the remote BYE;
     `timeout` s from the INVITE ends it anyway. The caller is killed if it outlives that by 30 s.
     Between steps it sends digital silence, or white comfort noise at `noise_dbfs` (RMS).
-    It calls `extension`@`target` as `from_user`, from inside `netns` (tests/netlab.py) if given."""
+    It calls `extension`@`target` as `from_user` from address `bind`, inside `netns` (tests/netlab.py)
+    if given."""
     import json
 
     import soundfile as sf
@@ -603,7 +604,7 @@ def reactive_call(steps: list[dict], *, extension: str = "100", hangup_after: fl
     sip_port, rtp_port = free_port_pair()
     spec = {"extension": str(extension), "sip_port": sip_port, "rtp_port": rtp_port, "steps": spec_steps,
             "hangup_after_s": hangup_after, "timeout_s": timeout, "noise_dbfs": noise_dbfs, "target": target,
-            "from_user": from_user}
+            "from_user": from_user, "bind": bind}
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     out, log = work / "out", work / "caller.log"
     try:

@@ -215,3 +215,31 @@ def test_a_wrong_password_is_reported_and_not_retried(town):
         assert "stopping outbound registration" in pbx.log(), pbx.log()[-2000:]
     # the right one still is registered
     assert registered(town.pbx, "trunk-reg") == "Registered"
+
+
+def test_a_stranger_on_the_operator_side_cannot_pose_as_a_local_phone(town):
+    """Someone on the Internet side (not the operator) calls the town hall's internal number 100
+    through the trunk's port as the test caller, the desk or the assistant: SIP requests from there
+    are refused (the trunk's ACL). Without that ACL, the call as "caller" is answered: the test
+    can tell."""
+    from tests.sipcall import reactive_call
+
+    stranger = town.lab.netns("inconnu")
+    m3, s3 = town.lab.link(town.mairie, stranger)
+    stranger.run("ip", "route", "add", f"{town.m_addr}/32", "via", m3)
+    trunk_port = f"{town.m_addr}:5062"
+    for user in ("caller", "desk", "assistant"):
+        r = reactive_call([], extension="100", netns=stranger, target=trunk_port, from_user=user, bind=s3, timeout=8)
+        assert not r.answered, user
+    conf = town.pbx.files["pjsip_trunk.conf"]
+    try:
+        town.pbx.stop()
+        town.pbx.files["pjsip_trunk.conf"] = conf.split("[acl-trunk]")[0]
+        town.pbx.start()
+        r = reactive_call([], extension="100", netns=stranger, target=trunk_port, from_user="caller", bind=s3,
+                          hangup_after=2, timeout=15)
+        assert r.answered, r.error
+    finally:
+        town.pbx.stop()
+        town.pbx.files["pjsip_trunk.conf"] = conf
+        town.pbx.start()
