@@ -22,10 +22,11 @@ def _user_errors():
     from ivr.console.accounts import AccountError
     from tts.synthesizer import TTSError
 
+    from ivr.backup import BackupError
     from ivr.pbx import PbxConfigError
 
     return (ConfigError, ModelMissing, CorpusError, AudioError, TTSError, FileNotFoundError, AccountError,
-            PbxConfigError)
+            PbxConfigError, BackupError)
 
 
 class IvrGroup(click.Group):
@@ -588,6 +589,42 @@ def bench_tts(cfg, n, limit, sounds):
     from ivr.bench import bench_tts as run
 
     _print(run(cfg, Path(sounds), n, limit))
+
+
+# --- backup -----------------------------------------------------------------------------------------
+@cli.command("backup")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.pass_obj
+def backup_cmd(cfg, archive):
+    """Save the database (while running), recordings, corpus, settings and secrets into ARCHIVE."""
+    from ivr.backup import backup
+
+    m = backup(cfg, Path(archive))
+    c = m["counts"]
+    click.echo(f"Sauvegarde écrite : {archive} ({len(m['files'])} fichiers ; {c.get('calls', 0)} appels, "
+               f"{c.get('reports', 0)} signalements, {c.get('callbacks', 0)} rappels, {c.get('users', 0)} comptes). "
+               "Elle contient des données personnelles et des secrets : gardez-la hors de portée.")
+
+
+@cli.command("restore")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace the current data, corpus and settings.")
+@click.option("--settings", "settings", type=click.Path(dir_okay=False),
+              help="Where the settings file goes (default: the one in use, or ./ivr.toml).")
+@click.pass_obj
+def restore_cmd(cfg, archive, force, settings):
+    """Put a backup back into an empty data folder (or over the current one with --force)."""
+    from ivr.backup import restore
+
+    r = restore(cfg, Path(archive), force, Path(settings) if settings else None)
+    c = r["manifest"]["counts"]
+    click.echo(f"Sauvegarde du {r['manifest']['created_at']} restaurée : {c.get('calls', 0)} appels, "
+               f"{c.get('reports', 0)} signalements, {c.get('callbacks', 0)} rappels, {c.get('users', 0)} comptes.")
+    for part, where in r["placed"].items():
+        click.echo(f"  {part} : {where}")
+    if any(str(w).endswith(".restauré") for w in r["placed"].values()):
+        click.echo("Les fichiers marqués « .restauré » n'ont pas remplacé ceux en place : comparez-les, "
+                   "ou relancez avec --force.")
 
 
 # --- doctor -----------------------------------------------------------------------------------------
