@@ -106,12 +106,12 @@ def trunk_settings(cfg) -> dict | None:
     if mode == "register" and re.fullmatch(r"[+\w.\-]+", t["user"]) and t["user"] not in numbers:
         numbers.append(t["user"])
     match = list(t["match"]) or [host]
-    return {"mode": mode, "host": host, "acl": _networks(match) + [str(ipaddress.ip_network(n, strict=False))
-                                                                   for n in t["local_nets"]], "port": port, "transport": t["transport"], "user": t["user"],
-            "password": password, "domain": t["domain"] or host, "numbers": numbers,
-            "match": match, "bind": f"{bind_host}:{bind_port or default_port}",
-            "bind_host": bind_host, "public_address": t["public_address"], "local_nets": list(t["local_nets"]),
-            "codecs": codecs, "srtp": t["srtp"]}
+    acl = _networks(match) + [str(ipaddress.ip_network(n, strict=False)) for n in t["local_nets"]]
+    return {"mode": mode, "host": host, "port": port, "transport": t["transport"], "user": t["user"],
+            "password": password, "domain": t["domain"] or host, "numbers": numbers, "match": match, "acl": acl,
+            "bind": f"{bind_host}:{bind_port or default_port}", "bind_host": bind_host,
+            "public_address": t["public_address"], "local_nets": list(t["local_nets"]), "codecs": codecs,
+            "srtp": t["srtp"]}
 
 
 def _networks(names: list[str]) -> list[str]:
@@ -213,7 +213,7 @@ def render_trunk(t: dict, tls: tuple[str, str] | None) -> tuple[str, str]:
     server = _uri(t["host"], t["port"], t["transport"])
     auth = reg = ""
     if t["mode"] == "register":
-        secret = t["password"].replace("\n", "")
+        secret = t["password"].replace("\n", "").replace(";", "\\;")     # ";" starts a comment there
         auth = (f"\n[trunk-auth]\ntype = auth\nauth_type = userpass\nusername = {t['user']}\n"
                 f"password = {secret}\n")
         reg = ("\n; Registration: a refused password stops it (auth_rejection_permanent) and `ivr doctor`\n"
