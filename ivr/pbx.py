@@ -30,11 +30,15 @@ def _host_port(value: str) -> tuple[str, int | None]:
     return m.group(1), int(m.group(2)) if m.group(2) else None
 
 
+def sip_password_file(cfg) -> Path:
+    return Path(cfg["sip"].get("password_file") or cfg.data_dir / "secrets" / "sip_password")
+
+
 def sip_secret(cfg) -> str:
     """The assistant's SIP password; made (random, root only) on first use."""
     if cfg["sip"].get("password"):
         return str(cfg["sip"]["password"])
-    path = Path(cfg["sip"].get("password_file") or cfg.data_dir / "secrets" / "sip_password")
+    path = sip_password_file(cfg)
     if not path.exists() or not path.read_text().strip():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.parent.chmod(0o700)

@@ -15,7 +15,6 @@ import signal
 import threading
 import time
 import unicodedata
-from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -351,7 +350,9 @@ def sip_password(cfg) -> str:
     """The password Asterisk knows the assistant by: set in the config, or the generated secret."""
     if cfg["sip"].get("password"):
         return str(cfg["sip"]["password"])
-    path = Path(cfg["sip"].get("password_file") or cfg.data_dir / "secrets" / "sip_password")
+    from ivr.pbx import sip_password_file
+
+    path = sip_password_file(cfg)
     try:
         return path.read_text().strip()
     except OSError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -193,12 +192,3 @@ defaultlanguage = fr
         for p in [self.etc, *self.dirs.values()]:
             shutil.rmtree(self.path(p), ignore_errors=True)
 
-
-def registrations(ast: LabAsterisk) -> dict[str, str]:
-    """{registration name: status} from `pjsip show registrations`."""
-    out = {}
-    for line in ast.cli("pjsip show registrations").splitlines():
-        m = re.match(r"\s*(\S+)/\S+\s+\S+\s+(\w+)", line)
-        if m and m.group(1) not in ("<Registration", "Objects"):
-            out[m.group(1)] = m.group(2)
-    return out

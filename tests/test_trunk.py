@@ -123,12 +123,12 @@ def town(tmp_path_factory):
 
 
 def registered(ast, name: str, timeout: float = 15) -> str:
-    from tests.netlab import registrations
+    from ivr.doctor import registrations
 
     deadline = time.monotonic() + timeout
     state = ""
     while time.monotonic() < deadline:
-        state = registrations(ast).get(name, "")
+        state = registrations(ast.cli("pjsip show registrations")).get(name, "")
         if state in ("Registered", "Rejected"):
             return state
         time.sleep(0.3)
