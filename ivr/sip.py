@@ -58,6 +58,10 @@ class SipServer:
         self.calls: dict[int, "object"] = {}
         self.registered = threading.Event()
         self.stopping = threading.Event()
+        from ivr.sdnotify import Notifier
+
+        self.notifier = Notifier()
+        self.media_tick = time.monotonic()     # last 20 ms frame moved by the conference bridge
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,6 +131,9 @@ class SipServer:
                 # `ivr doctor` takes a status older than 30 s for a hung assistant
                 write_serve_status(self.cfg, self.registered.is_set(), *getattr(self, "last_registration", (None, "")))
                 written = time.monotonic()
+            if self.media_alive():
+                # systemd restarts an assistant that stops pinging: a dead SIP loop or a stuck media path
+                self.notifier.ping()
             if time.monotonic() - armed > 1.0:
                 # a SIP loop that stops turning is a hang: then every thread's stack goes to the log (a
                 # C-level timer, which works even if Python itself is stuck; seen once in a test run on
@@ -135,6 +142,11 @@ class SipServer:
                 armed = time.monotonic()
         faulthandler.cancel_dump_traceback_later()
         self.shutdown()
+
+    def media_alive(self) -> bool:
+        """No call has audio flowing, or the bridge moved a frame lately."""
+        return not any(c.port is not None and not c.done for c in self.calls.values()) or \
+            time.monotonic() - self.media_tick < 2.0
 
     def _run_commands(self) -> None:
         while True:
@@ -196,6 +208,11 @@ def _make_account(server: SipServer):
 
             server.last_registration = (int(prm.code), str(prm.reason))
             write_serve_status(server.cfg, ok, *server.last_registration)
+            # ready for systemd once registered: before that, calls cannot reach us
+            if ok:
+                server.notifier.ready(f"enregistré auprès de {server.sip['registrar']}")
+            else:
+                server.notifier.status(f"non enregistré ({prm.code} {prm.reason})")
 
         def onIncomingCall(self, prm):
             call = _make_call(server, self, prm.callId)
@@ -241,6 +258,7 @@ def _make_call(server: SipServer, account, call_id: int):
                 s.push_audio(np.frombuffer(bytes(frame.buf), dtype="<i2"))
 
         def onFrameRequested(self, frame):
+            server.media_tick = time.monotonic()
             s = self.box.session
             pcm = s.pull_audio() if s is not None else np.zeros(160, np.int16)
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
@@ -362,9 +380,17 @@ def sip_password(cfg) -> str:
 def serve(cfg, duration: float | None = None, clock=None) -> None:
     from ivr.app import build_engines, warm_engines
 
+    from ivr.sdnotify import Notifier
+
     sip_password(cfg)            # a missing secret is said now, not after loading the models
-    engines = build_engines(cfg, clock=clock)
-    warm_engines(engines)        # before registering: the first call is as fast as the tenth
+    loading = threading.Event()
+    loading.set()
+    Notifier().keep_alive_while(loading)
+    try:
+        engines = build_engines(cfg, clock=clock)
+        warm_engines(engines)        # before registering: the first call is as fast as the tenth
+    finally:
+        loading.clear()
     from ivr.store import start_daily_purge
 
     start_daily_purge(engines.store, int(cfg["call"]["retention_days"]))
@@ -374,6 +400,7 @@ def serve(cfg, duration: float | None = None, clock=None) -> None:
     server = SipServer(cfg, engines)
 
     def stop(*_):
+        server.notifier.stopping()
         server.stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
