@@ -278,9 +278,9 @@ def uac_scenario(from_user: str, pcap: Path, ring_ms: int, wait_ms: int, caller_
                      + _send(ack487))
 
 
-def uas_scenario(wait_ms: int, answer: bool = True, busy: bool = False) -> str:
+def uas_scenario(wait_ms: int, answer: bool = True, busy: bool = False, pcap: Path | None = None) -> str:
     """Each INVITE: 180, then 200 OK + the call (answer=False: ring until CANCEL, then 200 + 487;
-    busy=True: 486 Busy Here at once)."""
+    busy=True: 486 Busy Here at once); pcap: RTP played once answered."""
     tag = ";tag=[pid]SIPpTag01[call_number]"
     resp = f"SIP/2.0 {{}}\n[last_Via:]\n[last_From:]\n[last_To:]{tag}\n[last_Call-ID:]\n{{}}\nContact: <sip:desk@[local_ip]:[local_port]>\n"
     if busy:
@@ -294,7 +294,9 @@ def uas_scenario(wait_ms: int, answer: bool = True, busy: bool = False) -> str:
         return _scenario(body + '<recv request="CANCEL"/>\n' + _send(resp.format("200 OK", "[last_CSeq:]") + "Content-Length: 0\n")
                          + _send(resp.format("487 Request Terminated", "CSeq:[$cseq]") + "Content-Length: 0\n") + '<recv request="ACK"/>\n')
     return _scenario(body + _send(resp.format("200 OK", "[last_CSeq:]") + f"Content-Type: application/sdp\nContent-Length: [len]\n\n{SDP}", ' retrans="500"')
-                     + '<recv request="ACK"/>\n' + _call_end(wait_ms, "[$lto]" + tag, "[$rfrom]", 1))
+                     + '<recv request="ACK"/>\n'
+                     + (f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n' if pcap else "")
+                     + _call_end(wait_ms, "[$lto]" + tag, "[$rfrom]", 1))
 
 
 # ---- public API ------------------------------------------------------------------------------
@@ -360,13 +362,13 @@ class CallResult:
 
 def place_call(audio: np.ndarray, *, extension: str = "100", from_user: str = "caller", dtmf=(),
                hangup_after: float | None = None, timeout: float = 60, local_port: int | None = None,
-               rtp_port: int | None = None, keep: bool = False, caller_id: str | None = None) -> CallResult:
+               rtp_port: int | None = None, keep: bool = False, caller_id: str | None = None, netns=None) -> CallResult:
     """A real call from SIPp (UAC on 127.0.0.1:local_port, RTP on rtp_port; None: free_port_pair())
     to Asterisk 127.0.0.1:5060 `extension`, as From user `from_user`. Once answered it plays `audio`
     (int16 8 kHz mono) and `dtmf` [(seconds after answer, key), keys >= 0.2 s apart], and hangs up
     `hangup_after` s after the answer, or waits up to `timeout` s for the remote BYE. No answer
     within `timeout` s of the last provisional response: CANCEL. Blocks until the call is over;
-    SIPp is killed if it outlives that by 20 s."""
+    SIPp is killed if it outlives that by 20 s. netns: from inside that network namespace (tests/netlab.py)."""
     if local_port is None or rtp_port is None:
         local_port, rtp_port = free_port_pair()
     work = Path(tempfile.mkdtemp(prefix="sipcall-"))
@@ -377,9 +379,9 @@ def place_call(audio: np.ndarray, *, extension: str = "100", from_user: str = "c
     cap = sipp = None
     rc = -9
     try:
-        cap = start_capture(rtp_port, work / "recv.pcap")
+        cap = start_capture(rtp_port, work / "recv.pcap", netns)
         sipp = _sipp(work, "uac", ["-s", str(extension), "-p", str(local_port), "-mp", str(rtp_port), "-m", "1",
-                                   "-timeout", f"{int(timeout + wait) + 10}s", "-timeout_error", "127.0.0.1:5060"])
+                                   "-timeout", f"{int(timeout + wait) + 10}s", "-timeout_error", "127.0.0.1:5060"], netns)
         rc = sipp.wait(timeout + wait + 20)
         time.sleep(0.2)                             # the last RTP packets reach the capture
     except subprocess.TimeoutExpired:
@@ -407,10 +409,12 @@ class Desk:
     Results stay readable after exit."""
 
     def __init__(self, port: int = DESK_PORT, rtp_port: int = DESK_RTP, echo: bool = False,
-                 hangup_after: float | None = None, answer: bool = True, busy: bool = False, netns=None):
-        """netns: run inside that network namespace (tests/netlab.py), on its loopback."""
+                 hangup_after: float | None = None, answer: bool = True, busy: bool = False, netns=None,
+                 voice: np.ndarray | None = None):
+        """netns: run inside that network namespace (tests/netlab.py), on its loopback. voice: what
+        the person at the desk says once they answer (int16 8 kHz), instead of silence."""
         self.port, self.rtp_port, self.echo, self.hangup_after, self.answer = port, rtp_port, echo, hangup_after, answer
-        self.busy, self.netns = busy, netns
+        self.busy, self.netns, self.voice = busy, netns, voice
         self.work = self.sipp = self.cap = None
         self._log, self._err, self._media = "", "", {}
 
@@ -418,8 +422,12 @@ class Desk:
         if not self.netns and not _udp_free(self.port):
             raise RuntimeError(f"UDP port {self.port} is taken (another desk?): ss -lunp 'sport = :{self.port}'")
         self.work = Path(tempfile.mkdtemp(prefix="sipdesk-"))
+        pcap = None
+        if self.voice is not None:
+            pcap = self.work / "voice.pcap"
+            write_pcap(pcap, rtp_packets(np.asarray(self.voice, np.int16)))
         (self.work / "desk.xml").write_text(uas_scenario(int(1000 * (86400 if self.hangup_after is None else self.hangup_after)),
-                                                            self.answer, self.busy))
+                                                            self.answer, self.busy, pcap))
         try:
             self.cap = start_capture(self.rtp_port, self.work / "recv.pcap", self.netns)
             self.sipp = _sipp(self.work, "desk", ["-p", str(self.port), "-mp", str(self.rtp_port), "-m", "1000000"]
