@@ -206,11 +206,53 @@ def console(cfg, bind, port):
 
     app = create_app(cfg)
     start_daily_purge(app.extensions["ivr"]["store"], int(cfg["call"]["retention_days"]))
+    if cfg["alerts"]["enabled"]:
+        from ivr.alerts import Watcher
+
+        # here, not in `ivr serve`: alerts must go out when the assistant itself is dead
+        Watcher(cfg, app.extensions["ivr"]["health"]).start()
     host, port = bind or cfg["console"]["bind"], port or int(cfg["console"]["port"])
+    if cfg["console"]["https"]:
+        from ivr.console.tls import ensure_console_tls, serve_https
+
+        try:
+            cert, key = ensure_console_tls(cfg)
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"Console : https://{host}:{port}/connexion (certificat {cert})")
+        serve_https(app, host, port, cert, key, threads=int(cfg["console"]["threads"]))
+        return
+    from ivr.doctor import is_loopback
+
+    if not is_loopback(host) and not cfg["console"]["behind_proxy"]:
+        click.echo("Attention : la console est servie en HTTP (mots de passe en clair) sur une adresse du réseau ; "
+                   "activez [console] https ou placez-la derrière un proxy HTTPS (docs/security.md)", err=True)
     click.echo(f"Console : http://{host}:{port}/connexion")
     # send_bytes=1: each server-sent event leaves at once instead of waiting for a full buffer
     wsgi(app, host=host, port=port, threads=int(cfg["console"]["threads"]), send_bytes=1,
          ident="mairie-console", channel_timeout=600)
+
+
+@cli.group()
+def alerts():
+    """Alerts by e-mail and webhook ([alerts]; sent by `ivr console`)."""
+
+
+@alerts.command("test")
+@click.pass_obj
+def alerts_test(cfg):
+    """Send a test message through every configured channel, and say how each went."""
+    from ivr.alerts import deliver, test_message
+    from ivr.store import Store
+
+    msg = deliver(cfg, test_message(cfg), Store(cfg.db_path))
+    if not msg.deliveries:
+        raise click.ClickException("aucun destinataire : réglez [alerts] smtp_host et smtp_to, ou webhook_urls")
+    for d in msg.deliveries:
+        click.echo(f"{'envoyé' if d['ok'] else 'ÉCHEC'} : {d['channel']} → {d['target']}"
+                   + (f" ({d['detail']})" if d["detail"] else ""))
+    if not all(d["ok"] for d in msg.deliveries):
+        sys.exit(1)
 
 
 @cli.group()
@@ -277,6 +319,11 @@ def users_init(cfg):
 
     secret(cfg.data_dir, "console_session_key")
     password = _accounts(cfg).ensure_admin()
+    # the accounts' password hashes and the calls: the service user's only (SQLite gives its -wal and
+    # -shm files the database's mode)
+    for f in (cfg.db_path, cfg.db_path.with_name(cfg.db_path.name + "-wal"), cfg.db_path.with_name(cfg.db_path.name + "-shm")):
+        if f.exists():
+            f.chmod(0o600)
     if password:
         click.echo(f"Compte administrateur de la console créé : nom admin, mot de passe {password}")
         click.echo("Notez-le : il ne sera plus affiché (ivr users password admin pour le changer).")

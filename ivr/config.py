@@ -30,6 +30,22 @@ def _coerce(value: str, like: Any, name: str) -> Any:
     return value
 
 
+_KINDS = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "a text in quotes"),
+          (list, "a list [...]"))
+
+
+def _check_kind(like: Any, value: Any, where: str) -> None:
+    """A value of the default's type (a number for a float): `port = "cinq"` is refused at once,
+    not found out by the code that uses it, after minutes of loading."""
+    for kind, name in _KINDS:
+        if type(like) is kind:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else \
+                type(value) is kind
+            if not ok:
+                raise ConfigError(f"{where} = {value!r}: expected {name}")
+            return
+
+
 def _merge(base: dict, extra: dict, where: str) -> None:
     for key, value in extra.items():
         if key not in base:
@@ -39,6 +55,7 @@ def _merge(base: dict, extra: dict, where: str) -> None:
                 raise ConfigError(f"{where}: [{key}] must be a table")
             _merge(base[key], value, f"{where} [{key}]")
         else:
+            _check_kind(base[key], value, f"{where}: {key}")
             base[key] = value
 
 

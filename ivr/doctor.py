@@ -1,5 +1,5 @@
 """`ivr doctor`: is a running install healthy? One check per part (Asterisk, the assistant, the
-operator trunk, the desks, models, disk, database, console, certificate, clock), each saying in
+operator trunk, the desks, models, disk, database, console, certificate, clock, security), each saying in
 French what is wrong and what to do. Also the status file `ivr serve` keeps for it.
 
 A check is a function cfg -> Result; one that raises becomes a "fail" with the error. Checks are
@@ -462,10 +462,17 @@ def check_database(cfg) -> Result:
 def check_console(cfg) -> Result:
     host, port = cfg["console"]["bind"], int(cfg["console"]["port"])
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/sante"
+    https = bool(cfg["console"].get("https"))
+    url = f"{'https' if https else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}/sante"
     fix = "démarrez la console : ivr console (ou scripts/run.sh)"
+    context = None
+    if https:                                 # is it up: the certificate is not this check's business
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=CONSOLE_TIMEOUT_S) as resp:
+        with urllib.request.urlopen(url, timeout=CONSOLE_TIMEOUT_S, context=context) as resp:
             body = json.loads(resp.read(4096) or b"{}")
     except Exception as exc:
         why = getattr(exc, "reason", None) or exc
@@ -570,13 +577,139 @@ def check_clock(cfg) -> Result:
     return Result("clock", OK, f"il est {shown}" + (", horloge synchronisée" if synced else ""))
 
 
+def is_loopback(host: str) -> bool:
+    """Is `host` (an address or a name) this machine's loopback only?"""
+    import ipaddress
+
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _private(path: Path, inside_secrets: bool) -> str | None:
+    """What is wrong with a secret's mode: in data/secrets nothing for group or others; elsewhere (a
+    key in /etc/ssl/private, group ssl-cert) nothing for others."""
+    mode = path.stat().st_mode & 0o777
+    if mode & (0o077 if inside_secrets else 0o007):
+        return f"{path} ({mode:04o})"
+    return None
+
+
+def _secrets_findings(cfg) -> list[tuple[str, str, str]]:
+    from ivr.pbx import sip_password_file, tls_files, trunk_password_file
+
+    folder = cfg.data_dir / "secrets"
+    bad = []
+    if folder.is_dir():
+        if folder.stat().st_mode & 0o077:
+            bad.append(f"{folder} ({folder.stat().st_mode & 0o777:04o})")
+        for p in sorted(folder.rglob("*")):
+            if p.suffix != ".crt" and (p.is_file() or p.is_dir()):
+                bad += [b for b in [_private(p, True)] if b]
+    elsewhere = [sip_password_file(cfg), trunk_password_file(cfg)]
+    if cfg["tls"]["enabled"]:
+        elsewhere.append(tls_files(cfg)[1])
+    if cfg["console"].get("tls_key"):
+        elsewhere.append(Path(cfg["console"]["tls_key"]))
+    for p in elsewhere:
+        if p.exists() and folder not in p.parents:
+            bad += [b for b in [_private(p, False)] if b]
+    out = []
+    if bad:
+        out.append((FAIL, "secrets lisibles par d'autres comptes du serveur : " + ", ".join(bad),
+                    f"chmod 700 {folder} ; chmod 600 sur chaque fichier cité (les mots de passe SIP et de "
+                    "l'opérateur, la clé de la console, les clés TLS ne doivent être lisibles que par le "
+                    "compte qui fait tourner l'assistant)"))
+    db = cfg.db_path
+    if db.exists() and db.stat().st_mode & 0o004:
+        out.append((WARN, f"la base {db} (comptes de la console, appels) est lisible par tous les comptes du "
+                    f"serveur ({db.stat().st_mode & 0o777:04o})", f"chmod 600 {db}*"))
+    return out or [(OK, f"secrets réservés à leur propriétaire ({folder})", "")]
+
+
+def _console_findings(cfg) -> list[tuple[str, str, str]]:
+    c = cfg["console"]
+    if c.get("https"):
+        return [(OK, "console en HTTPS", "")]
+    if is_loopback(c["bind"]):
+        return [(OK, "console sur 127.0.0.1 seulement", "")]
+    where = f"{c['bind']}:{c['port']}"
+    if c.get("behind_proxy"):
+        return [(WARN, f"la console écoute en HTTP sur {where} : entre le proxy et elle, tout passe en clair",
+                 "laissez [console] bind = \"127.0.0.1\" avec le proxy sur ce serveur, ou activez [console] https")]
+    return [(FAIL, f"la console est servie en HTTP sur une adresse du réseau ({where}) : mots de passe et "
+             "données des appelants y passent en clair",
+             "activez [console] https = true, ou remettez [console] bind = \"127.0.0.1\" derrière un proxy "
+             "HTTPS (nginx, docs/security.md)")]
+
+
+def _asterisk_findings(cfg) -> list[tuple[str, str, str]]:
+    if not _bundled(cfg):
+        return []
+    try:
+        manager = asterisk_cli(cfg, "manager show settings")
+        http = asterisk_cli(cfg, "http show status")
+    except AsteriskDown:
+        return []                          # the asterisk check says so
+    out = []
+    if re.search(r"Manager \(AMI\):\s+Yes", manager):
+        out.append((FAIL, "l'interface de gestion d'Asterisk (AMI) est activée",
+                    "enabled = no dans manager.conf (asterisk-conf/manager.conf), puis scripts/asterisk.sh "
+                    "configure et scripts/asterisk.sh stop && scripts/asterisk.sh start"))
+    if "Server Enabled" in http:            # "Server Enabled and Bound to 127.0.0.1:8088"
+        out.append((FAIL, "le serveur HTTP d'Asterisk (ARI, AMI/HTTP) est activé",
+                    "supprimez http.conf de la configuration d'Asterisk (asterisk-conf/), puis "
+                    "scripts/asterisk.sh configure et redémarrez Asterisk"))
+    return out or [(OK, "Asterisk sans AMI ni serveur HTTP", "")]
+
+
+def _fail2ban_findings(cfg) -> list[tuple[str, str, str]]:
+    jail, sock = cfg["fail2ban"]["jail"], cfg["fail2ban"]["socket"]
+    if not (_bundled(cfg) and cfg["trunk"]["mode"]):
+        return []                          # Asterisk listens on loopback only: nobody to ban
+    install = "installez-le : scripts/install_fail2ban.sh"
+    client = shutil.which("fail2ban-client")
+    if not client:
+        return [(WARN, "fail2ban n'est pas installé : rien ne bannit qui essaie des mots de passe SIP", install)]
+    proc = subprocess.run([client, *(["-s", sock] if sock else []), "status", jail],
+                          capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0:
+        said = proc.stdout + proc.stderr
+        if "does not exist" in said:
+            why = f"fail2ban tourne, mais sans la prison {jail}"
+        elif "socket" in said.lower():
+            why = f"fail2ban ne répond pas sur {sock or '/var/run/fail2ban/fail2ban.sock'}"
+        else:
+            why = said.strip().splitlines()[-1] if said.strip() else f"code de sortie {proc.returncode}"
+        return [(WARN, f"la prison fail2ban {jail} ne tourne pas ({why}) : rien ne bannit qui essaie des mots "
+                 "de passe SIP", "lancez scripts/install_fail2ban.sh (il installe la prison et démarre fail2ban)")]
+    m = re.search(r"Currently banned:\s*(\d+)", proc.stdout)
+    return [(OK, f"fail2ban surveille le journal de sécurité d'Asterisk ({m.group(1) if m else '?'} adresse(s) "
+             "bannie(s) en ce moment)", "")]
+
+
+def check_security(cfg) -> Result:
+    """Secrets' modes, the console on the network without HTTPS, Asterisk's AMI/HTTP, fail2ban."""
+    findings = (_secrets_findings(cfg) + _console_findings(cfg) + _asterisk_findings(cfg)
+                + _fail2ban_findings(cfg))
+    problems = [f for f in findings if f[0] != OK]
+    if not problems:
+        return Result("security", OK, " ; ".join(f[1] for f in findings))
+    status = FAIL if any(f[0] == FAIL for f in problems) else WARN
+    return Result("security", status, " ; ".join(f[1] for f in problems), " ; ".join(f[2] for f in problems))
+
+
 CHECKS = [("asterisk", check_asterisk), ("assistant", check_assistant), ("trunk", check_trunk),
           ("desks", check_desks), ("models", check_models), ("disk", check_disk),
           ("database", check_database), ("console", check_console), ("certificate", check_certificate),
-          ("clock", check_clock)]
+          ("clock", check_clock), ("security", check_security)]
 LABELS = {"asterisk": "Standard (Asterisk)", "assistant": "Assistant (ivr serve)", "trunk": "Ligne de l'opérateur",
           "desks": "Postes", "models": "Modèles", "disk": "Espace disque", "database": "Base de données",
-          "console": "Console web", "certificate": "Certificat TLS", "clock": "Horloge"}
+          "console": "Console web", "certificate": "Certificat TLS", "clock": "Horloge",
+          "security": "Sécurité"}
 STATUS_FR = {OK: "ok", FAIL: "échec", WARN: "attention", SKIP: "sans objet"}
 
 

@@ -148,21 +148,26 @@ def tls_files(cfg) -> tuple[Path, Path]:
             Path(cfg["tls"]["key_file"]) if cfg["tls"]["key_file"] else d / "asterisk.key")
 
 
-def ensure_tls_files(cfg) -> tuple[Path, Path]:
-    """The TLS certificate and key; the default ones are made (self-signed, 825 days) if missing."""
+def self_signed(cert: Path, key: Path, cn: str, names: list[str], days: int = 825) -> None:
+    """A self-signed certificate for `names` (addresses or host names); the key is 0600 in a 0700 folder."""
     import subprocess
 
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    cert.parent.chmod(0o700)
+    san = ",".join(f"IP:{n}" if re.fullmatch(r"[\d.]+|[0-9a-fA-F:]*:[0-9a-fA-F:.]*", n) else f"DNS:{n}" for n in names)
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(days),
+                        "-subj", f"/CN={cn}", "-addext", f"subjectAltName={san}", "-keyout", str(key),
+                        "-out", str(cert)], capture_output=True, text=True)
+    if r.returncode:
+        raise PbxConfigError(f"impossible de créer le certificat TLS ({r.stderr.strip()[-200:]})")
+    key.chmod(0o600)
+
+
+def ensure_tls_files(cfg) -> tuple[Path, Path]:
+    """The TLS certificate and key; the default ones are made (self-signed, 825 days) if missing."""
     cert, key = tls_files(cfg)
     if not cfg["tls"]["cert_file"] and not (cert.exists() and key.exists()):
-        cert.parent.mkdir(parents=True, exist_ok=True)
-        cert.parent.chmod(0o700)
-        host = _host_port(cfg["tls"]["bind"])[0]
-        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
-                            "-subj", "/CN=mairie-pbx", "-addext", f"subjectAltName=IP:{host}" if re.fullmatch(r"[\d.]+", host)
-                            else f"subjectAltName=DNS:{host}", "-keyout", str(key), "-out", str(cert)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            raise PbxConfigError(f"impossible de créer le certificat TLS ({r.stderr.strip()[-200:]})")
+        self_signed(cert, key, "mairie-pbx", [_host_port(cfg["tls"]["bind"])[0]])
     for f in (cert, key):
         if not f.exists():
             raise PbxConfigError(f"[tls] fichier introuvable : {f}")
@@ -309,7 +314,8 @@ def render(cfg) -> dict[str, str]:
 
 
 def write(cfg, out: Path) -> list[str]:
-    """Write render(cfg) into `out` (mode 0640); files of ours no longer rendered are removed."""
+    """Write render(cfg) into `out` (mode 0600: pjsip*.conf and tls.key hold secrets, Asterisk runs as
+    root); files of ours no longer rendered are removed."""
     files = render(cfg)
     out.mkdir(parents=True, exist_ok=True)
     for p in [*out.glob("*.conf"), out / "tls.crt", out / "tls.key"]:
@@ -317,7 +323,8 @@ def write(cfg, out: Path) -> list[str]:
             p.unlink()
     for name, text in files.items():
         tmp = out / f".{name}.tmp"
-        tmp.touch(0o640)
+        tmp.unlink(missing_ok=True)
+        tmp.touch(0o600)
         tmp.write_text(text)
         tmp.replace(out / name)
     return sorted(files)

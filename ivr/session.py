@@ -8,8 +8,10 @@ and the SIP endpoint. Audio in never waits for ASR or TTS: finished utterances g
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
+import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,10 +19,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from sqlite_utils.db import NotFoundError
 
 from asr.vad import BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, make_detector, speech_seconds
 from audio.pcm import frame_samples, rms_dbfs
+from ivr import monitoring
 from ivr.echo import EchoMeter
+from ivr.recording import RecordingWriter
+from ivr.store import storage_failed
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +74,11 @@ class CallSession:
         self.segmenter = VoiceSegmenter.from_config(cfg["vad"], self.rate, int(cfg["audio"]["frame_ms"]))
         self.store = engines.store
         self.returned = returned
-        self.call_id = self.store.start_call(transport, caller, returned_from=(returned or {}).get("call"))
+        self._lost = 0                      # record writes that failed (full disk...): logged, call goes on
+        self._start_args = (transport, caller, (returned or {}).get("call"))
+        self.call_id = uuid.uuid4().hex[:16]
+        self._stored = self._save("call start", self.store.start_call, transport, caller, call_id=self.call_id,
+                                  returned_from=self._start_args[2]) is not None
         engines.live.add(self.call_id)
         self.conversation = engines.new_conversation(self.call_id, caller)
         self.on_transfer, self.on_hangup, self.on_event = on_transfer, on_hangup, on_event
@@ -94,6 +104,10 @@ class CallSession:
         self.turns: list[dict] = []         # what happened, per caller turn (for simulate/bench)
         self._rec_in: list[np.ndarray] = []
         self._rec_out: list[np.ndarray] = []
+        # written as the call goes (a killed process keeps all but the last second): ivr/recording.py
+        self._recorder = (RecordingWriter(Path(engines.recordings_dir) / f"{self.call_id}.wav", self.rate,
+                                          on_error=self._recording_failed)
+                          if cfg["call"]["record"] and engines.recordings_dir else None)
         self._loud = bytearray()            # per frame received: caller-level audio, not our echo
         self._heard: list[list[float]] = []  # [start, end] of each utterance the VAD heard (s)
         self._max_s = float(cfg["call"]["max_duration_s"])
@@ -109,6 +123,8 @@ class CallSession:
             return
         self._t += self.frame_s
         self._rec_in.append(frame)
+        if self._recorder is not None and len(self._rec_in) % 50 == 0:       # once a second
+            self._recorder.write(self._rec_in, self._rec_out, min(len(self._rec_in), len(self._rec_out)))
         prob = self.detector(frame)
         self._echo.update(frame, self._rec_out[-1] if self._rec_out else np.zeros_like(frame))
         ours = max(self._out_level) if self._out_level else -120.0
@@ -201,8 +217,12 @@ class CallSession:
             log.exception("call %s: %s failed", self.call_id, getattr(fn, "__name__", fn))
             self._emit("error", where=getattr(fn, "__name__", "?"), error=repr(exc))
             self.outcome = "error"
-            self._speak_then("Je rencontre un problème technique. Je vous passe un agent.", "transfer",
-                             "erreur technique", cache=True)
+            try:
+                self._speak_then("Je rencontre un problème technique. Je vous passe un agent.", "transfer",
+                                 "erreur technique", cache=True)
+            except Exception:           # not even that can be said: to a person all the same
+                log.exception("call %s: the apology failed, transfer without it", self.call_id)
+                self._after_playback = ("transfer", "erreur technique")
         finally:
             with self._lock:
                 self._pending -= 1
@@ -271,8 +291,8 @@ class CallSession:
                    speculative=speculative)
         if not tr.text and tr.rejected in NOISE:
             return          # a cough, a click, the line: not a turn (the event above keeps the trace)
-        self.store.add_turn(self.call_id, "caller", tr.text, "speech", ev.t_start, ev.t_end, tr.confidence,
-                            latency_ms={"asr": round(asr_ms)})
+        self._save("caller turn", self.store.add_turn, self.call_id, "caller", tr.text, "speech", ev.t_start,
+                   ev.t_end, tr.confidence, latency_ms={"asr": round(asr_ms)})
         t1 = time.perf_counter()
         reply = self.conversation.on_text(tr.text, tr.confidence, alternatives=tr.alternatives)
         nlu_ms = (time.perf_counter() - t1) * 1000
@@ -287,7 +307,7 @@ class CallSession:
         return HINTS.get(getattr(self.conversation, "expects", None) or "")
 
     def _dtmf_turn(self, key: str) -> None:
-        self.store.add_turn(self.call_id, "caller", key, "dtmf", self._t, self._t)
+        self._save("caller key", self.store.add_turn, self.call_id, "caller", key, "dtmf", self._t, self._t)
         t1 = time.perf_counter()
         reply = self.conversation.on_dtmf(key)
         self._reply(reply, latency={"dialogue": round((time.perf_counter() - t1) * 1000, 1)}, transcript=f"[{key}]")
@@ -310,14 +330,15 @@ class CallSession:
                    confidence=reply.confidence, text=reply.text)
         first_ms = self._speak(reply.text, cache=reply.cacheable)
         latency = dict(latency, tts_first=round(first_ms, 1))
-        self.store.add_turn(self.call_id, "assistant", reply.text, "prompt", self._t, self._t,
-                            reply.confidence, reply.action, reply.theme or "", reply.entry_id or "", latency)
+        monitoring.on_turn(latency)
+        self._save("reply", self.store.add_turn, self.call_id, "assistant", reply.text, "prompt", self._t, self._t,
+                   reply.confidence, reply.action, reply.theme or "", reply.entry_id or "", latency)
         if transcript is not None or reply.action != "greeting":
             self.turns.append({"transcript": transcript, "action": reply.action, "theme": reply.theme,
                                "entry_id": reply.entry_id, "confidence": reply.confidence,
                                "text": reply.text, "latency_ms": latency})
         if reply.satisfaction is not None:
-            self.store.set_satisfaction(self.call_id, reply.satisfaction)
+            self._save("satisfaction", self.store.set_satisfaction, self.call_id, reply.satisfaction)
         if reply.transfer:
             self.outcome = "transferred"
             self._transfer_to = reply.transfer_to
@@ -350,7 +371,8 @@ class CallSession:
 
     def _speak_then(self, text: str, kind: str, reason: str, cache: bool = True) -> None:
         self._speak(text, cache)
-        self.store.add_turn(self.call_id, "assistant", text, "prompt", self._t, self._t, action=kind)
+        self._save("reply", self.store.add_turn, self.call_id, "assistant", text, "prompt", self._t, self._t,
+                   action=kind)
         if kind == "transfer":
             self.outcome = "transferred" if self.outcome != "error" else "error"
         self._after_playback = (kind, reason)
@@ -407,11 +429,23 @@ class CallSession:
                         "deaf call, nothing the caller said was heard" if deaf else "caller speech not heard", unheard)
         self._emit("hangup", reason=reason)
         recording = ""
-        if self.e.cfg["call"]["record"] and self.e.recordings_dir:
-            recording = str(self.save_recording(Path(self.e.recordings_dir) / f"{self.call_id}.wav"))
+        if self._recorder is not None:
+            try:
+                recording = str(self._recorder.finish(self._rec_in, self._rec_out) or "")
+            except Exception:           # the record is written regardless
+                log.exception("call %s: recording failed", self.call_id)
+        if self._lost or (self._recorder is not None and self._recorder.failures):
+            # what alert watchers and the console see, once the disk takes writes again
+            self._emit("storage-error", writes_lost=self._lost,
+                       recording_failures=self._recorder.failures if self._recorder else 0,
+                       recording_complete=bool(recording) and not self._recorder.failing)
+        if not self._stored:            # its start could not be written: the record is made now
+            transport, caller, returned_from = self._start_args
+            self._stored = self._save("call start", self.store.start_call, transport, caller, call_id=self.call_id,
+                                      returned_from=returned_from) is not None
         # a transferred call's record starts with why (the desk and the console show it)
-        self.store.end_call(self.call_id, self.outcome, reason, self._t,
-                            self.summary(self._transfer_reason), recording, unheard_speech_s=unheard, deaf=deaf)
+        self._save("call end", self.store.end_call, self.call_id, self.outcome, reason, self._t,
+                   self.summary(self._transfer_reason), recording, unheard_speech_s=unheard, deaf=deaf)
         if self.on_hangup and reason not in ("caller_hangup", "transfer"):
             self.on_hangup(reason)
         if self._own_executor:
@@ -455,6 +489,22 @@ class CallSession:
         sf.write(str(path), stereo, self.rate, subtype="PCM_16")
         return path
 
+    def _save(self, what: str, fn, *args, **kw):
+        """A write to the call's record. A full disk or a locked or broken database must not end the
+        call: the write is logged and counted (ivr.store.storage_failed), and the call goes on."""
+        try:
+            return fn(*args, **kw)
+        except (sqlite3.Error, OSError, NotFoundError) as exc:
+            self._lost += 1
+            storage_failed(f"call {self.call_id}: {what}", exc, kind=what.split()[0])
+        except Exception:               # not the disk: a bug, said as one; the call goes on all the same
+            self._lost += 1
+            log.exception("call %s: %s not saved", self.call_id, what)
+        return None
+
+    def _recording_failed(self, what: str, exc: BaseException) -> None:
+        storage_failed(f"call {self.call_id}: {what}", exc, kind="recording")
+
     def assistant_audio(self) -> np.ndarray:
         return np.concatenate(self._rec_out) if self._rec_out else np.zeros(0, np.int16)
 
@@ -462,7 +512,8 @@ class CallSession:
         ev = SessionEvent(type_, round(self._t, 3), data)
         self.events.append(ev)
         if type_ not in ("tts-start", "tts-end", "asr-guess"):    # frequent, and on the media thread
-            self.store.add_event(self.call_id, type_, self._t, **data)
+            self._save(f"event {type_}", self.store.add_event, self.call_id, type_, self._t, **data)
         log.debug("call %s t=%.2f %s %s", self.call_id, self._t, type_, data)
+        monitoring.on_session_event(self, type_, data)      # /metrics of `ivr serve`
         if self.on_event:
             self.on_event(ev)

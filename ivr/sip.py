@@ -62,6 +62,7 @@ class SipServer:
 
         self.notifier = Notifier()
         self.media_tick = time.monotonic()     # last 20 ms frame moved by the conference bridge
+        self.fresh_contact: str | None = "register"
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -201,7 +202,21 @@ def _make_account(server: SipServer):
 
     class Account(pj.Account):
         def onRegState(self, prm):
-            ok = prm.code // 100 == 2 and self.getInfo().regIsActive
+            active = self.getInfo().regIsActive
+            ok = prm.code // 100 == 2 and active
+            # After a restart Asterisk may still hold our contact as unreachable (qualified while we were
+            # down) and send callers to the desk until its next check; a refreshed contact is not checked
+            # again, a new one is at once: so the first registration is dropped and made anew.
+            if server.fresh_contact == "register" and ok:
+                server.fresh_contact = "unregister"
+                log.info("registration: %s %s (renewed, so that Asterisk checks the contact now)", prm.code, prm.reason)
+                server.commands.put(lambda: self.setRegistration(False))
+                return
+            if server.fresh_contact == "unregister":
+                server.fresh_contact = None
+                if not active:
+                    server.commands.put(lambda: self.setRegistration(True))
+                    return
             (server.registered.set if ok else server.registered.clear)()
             log.info("registration: %s %s", prm.code, prm.reason)
             from ivr.doctor import write_serve_status
@@ -224,7 +239,15 @@ def _make_account(server: SipServer):
                 why = "overloaded" if overloaded else "busy"
                 log.warning("call declined (%s): the desk takes it", why)
                 store = server.engines.store   # every call leaves a record, declined ones too
-                store.end_call(store.start_call("sip", call.getInfo().remoteUri), "declined", why, 0.0)
+                try:
+                    store.end_call(store.start_call("sip", call.getInfo().remoteUri), "declined", why, 0.0)
+                except Exception as exc:       # a full disk: the caller goes to the desk all the same
+                    from ivr.store import storage_failed
+
+                    storage_failed("declined call", exc)
+                from ivr.monitoring import on_call_declined
+
+                on_call_declined()
                 return
             call.returned = returned_call(prm.rdata.wholeMsg)
             server.calls[call.getId()] = call
@@ -284,10 +307,16 @@ def _make_call(server: SipServer, account, call_id: int):
             if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.session is None:
                 # the session's callbacks hold the call's number, never the pj object
                 pid = self.getId()
-                self.box.session = CallSession(
-                    server.engines, transport="sip", caller=ci.remoteUri,     # one worker per call: turns in order
-                    on_transfer=lambda summary, ext=None: server.commands.put(lambda: server.transfer(pid, summary, ext)),
-                    on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)), returned=self.returned)
+                try:
+                    self.box.session = CallSession(
+                        server.engines, transport="sip", caller=ci.remoteUri,     # one worker per call: turns in order
+                        on_transfer=lambda summary, ext=None: server.commands.put(lambda: server.transfer(pid, summary, ext)),
+                        on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)), returned=self.returned)
+                except Exception:
+                    # no session, no voice: our BYE makes the dialplan hand the caller to the desk
+                    log.exception("call from %s: the session could not start, the desk takes it", ci.remoteUri)
+                    server.commands.put(lambda: server.calls[pid].end_now() if pid in server.calls else None)
+                    return
                 log.info("call %s answered (%s)", self.session.call_id, ci.remoteUri)
             elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self._cleanup(ci.lastReason)
@@ -394,9 +423,20 @@ def serve(cfg, duration: float | None = None, clock=None) -> None:
     from ivr.store import start_daily_purge
 
     start_daily_purge(engines.store, int(cfg["call"]["retention_days"]))
-    stale = engines.store.close_interrupted("sip")
-    if stale:
-        log.warning("%d call(s) interrupted by the previous stop were closed in the records", stale)
+    from ivr.store import storage_failed
+
+    try:
+        stale = engines.store.close_interrupted("sip")
+        if stale:
+            log.warning("%d call(s) interrupted by the previous stop were closed in the records", stale)
+    except Exception as exc:        # a full disk: calls are answered all the same
+        storage_failed("interrupted calls' records", exc)
+    from ivr.unserved import start_importing
+
+    start_importing(cfg, engines.store)     # the calls Asterisk sent to the desk while we were away
+    from ivr.recording import repair_partial
+
+    repair_partial(engines.recordings_dir, engines.store)   # what a killed assistant had recorded (never raises)
     server = SipServer(cfg, engines)
 
     def stop(*_):
@@ -408,5 +448,8 @@ def serve(cfg, duration: float | None = None, clock=None) -> None:
     import faulthandler
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)      # kill -USR1: every thread's stack
+    from ivr.monitoring import start_monitoring
+
+    start_monitoring(cfg, server)      # /metrics and /health ([monitoring])
     server.start()
     server.run(duration)

@@ -6,6 +6,7 @@ The schema is created and migrated by code: each migration runs once, in order, 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -14,6 +15,30 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlite_utils
+
+log = logging.getLogger(__name__)
+
+# Writes lost since the process started (a full disk, a database that cannot be written): counted
+# here and logged as "ERROR ... disk full ...: <what> not saved", what alert watchers look for.
+WRITE_FAILURES = {"count": 0, "last": ""}
+_failures_lock = threading.Lock()
+_logged: dict[str, list] = {}           # kind -> [monotonic time of its last line, failures not logged since]
+
+
+def storage_failed(what: str, exc: BaseException, kind: str = "") -> None:
+    """Something a call wanted kept could not be written: counted, and logged (one line per kind of
+    write per 5 s at most, saying how many of that kind were not logged since the previous one)."""
+    with _failures_lock:
+        WRITE_FAILURES["count"] += 1
+        WRITE_FAILURES["last"] = f"{what}: {exc}"
+        seen = _logged.setdefault(kind or what, [-1e9, 0])
+        now = time.monotonic()
+        if now - seen[0] < 5.0:
+            seen[1] += 1
+            return
+        more, seen[0], seen[1] = seen[1], now, 0
+    log.error("disk full or database not writable: %s not saved (%s)%s; %d write(s) lost since start", what, exc,
+              f", and {more} more of the kind since the previous message" if more else "", WRITE_FAILURES["count"])
 
 
 def now_iso() -> str:
@@ -82,8 +107,16 @@ def _m6(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("returned_from", str)      # the call whose transfer failed and came back
 
 
+def _m_alerts(db: sqlite_utils.Database) -> None:
+    # every alert message, one row per channel and attempt, sent or not (ivr/alerts.py)
+    db["alerts"].create({"id": int, "at": str, "kind": str, "state": str, "subject": str, "message": str,
+                         "channel": str, "target": str, "ok": int, "detail": str}, pk="id")
+    db["alerts"].create_index(["kind", "at"])
+
+
 MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2), ("003_console", _m3),
-              ("004_callback_service", _m4), ("005_unheard_speech", _m5), ("006_returned_calls", _m6)]
+              ("004_callback_service", _m4), ("005_unheard_speech", _m5), ("006_returned_calls", _m6),
+              ("007_alerts", _m_alerts)]
 
 
 class Store:
@@ -132,6 +165,11 @@ class Store:
                                   "'assistant_restart', ended_at = ? where status = 'active' and transport = ?",
                                   [now_iso(), transport])
             return cur.rowcount
+
+    def set_recording(self, call_id: str, path: str) -> bool:
+        """A recording found after the call's end (repaired after a crash). False: no such call."""
+        with self._lock, self.db.conn:
+            return self.db.execute("update calls set recording = ? where id = ?", [path, call_id]).rowcount > 0
 
     def set_satisfaction(self, call_id: str, value: int) -> None:
         with self._lock:

@@ -141,7 +141,9 @@ cmd_configure() {
     local py=${VENV:-$REPO/.venv}/bin/python
     [ -x "$py" ] || die "no virtual environment at ${VENV:-$REPO/.venv}; run scripts/setup.sh"
     "$py" -m ivr.cli pbx config --out "$etc" || die "the settings cannot be turned into an Asterisk configuration (see above)"
-    mkdir -p "$ROOT/var/spool/asterisk/monitor" "$ROOT/var/log/asterisk" "$ROOT/run/asterisk"
+    # spool/mairie: the calls the assistant did not take, for its records (ivr/unserved.py); private
+    mkdir -p "$ROOT/var/spool/asterisk/monitor" "$ROOT/var/spool/mairie" "$ROOT/var/log/asterisk" "$ROOT/run/asterisk"
+    chmod 750 "$ROOT/var/spool/mairie"
     say "configured: $(cd "$etc" && ls *.conf | tr '\n' ' ')"
     if running; then
         ast_cli 'core reload' >/dev/null && say "running Asterisk reloaded (modules.conf changes need stop + start)"

@@ -76,6 +76,9 @@ for f in "$DATA"/ivr.db "$DATA"/ivr.db-wal "$DATA"/ivr.db-shm; do
   if [ -e "$f" ]; then chown "$SVC_USER:$SVC_USER" "$f"; chmod 600 "$f"; fi
 done
 chmod 750 "$DATA"
+# the calls the assistant did not take, which Asterisk writes for its records (ivr/unserved.py)
+UNSERVED=$AST_ROOT/var/spool/mairie
+[ "$MODE" != external ] && mkdir -p "$UNSERVED" && chown "$SVC_USER:$SVC_USER" "$UNSERVED" && chmod 750 "$UNSERVED"
 chmod 700 "$DATA/secrets"
 if [ -f "$DATA/secrets/sip_password" ]; then chown "$SVC_USER:$SVC_USER" "$DATA/secrets/sip_password"; chmod 600 "$DATA/secrets/sip_password"; fi
 # the console's HTTPS key and certificate, if any, and the alerts' SMTP password
@@ -128,6 +131,8 @@ Type=simple
 ExecStartPre=/bin/mkdir -p $AST_ROOT/run/asterisk
 ExecStartPre=/bin/rm -f $AST_ROOT/run/asterisk/asterisk.ctl $AST_ROOT/run/asterisk/asterisk.pid
 ExecStart=/usr/sbin/chroot $AST_ROOT /usr/sbin/asterisk -f
+# the console's health checks (asterisk -rx) run as $SVC_USER: its group may use the control socket
+ExecStartPost=+/bin/sh -c 'for i in \$(seq 100); do [ -S $AST_ROOT/run/asterisk/asterisk.ctl ] && break; sleep 0.1; done; chgrp $SVC_USER $AST_ROOT/run/asterisk/asterisk.ctl && chmod 660 $AST_ROOT/run/asterisk/asterisk.ctl'
 Restart=always
 RestartSec=1
 TimeoutStopSec=15
@@ -168,6 +173,7 @@ Group=$SVC_USER
 WorkingDirectory=$REPO
 $env_lines
 ExecStart=$REPO/.venv/bin/ivr serve
+ReadWritePaths=-$UNSERVED
 Restart=always
 RestartSec=1
 TimeoutStartSec=180
@@ -198,6 +204,9 @@ ExecStart=$REPO/.venv/bin/ivr console
 Restart=always
 RestartSec=1
 $sandbox
+# its health checks ask Asterisk (asterisk -rx in the chroot): chroot is the one privilege it keeps
+CapabilityBoundingSet=CAP_SYS_CHROOT
+AmbientCapabilities=CAP_SYS_CHROOT
 
 [Install]
 WantedBy=multi-user.target

@@ -23,6 +23,10 @@ if [ "${1:-}" = stop ]; then
   exit 0
 fi
 
+if [ -d /run/systemd/system ] && systemctl is-active --quiet mairie-assistant 2>/dev/null; then
+  echo "The assistant runs as services here (scripts/install_services.sh): systemctl status mairie-assistant" >&2
+  exit 0
+fi
 scripts/setup.sh
 MODE=$(.venv/bin/python -c "from ivr.config import load_config; print(load_config()['pbx']['mode'])")
 [ "$MODE" = external ] || scripts/asterisk.sh start

@@ -47,10 +47,10 @@ class Machine:
             os.chmod(self.root / parent.relative_to("/"), mode | 0o011)
 
     def boot(self, timeout: float = 60) -> None:
-        log = open(self.tmp / "console.log", "ab")
-        self.proc = subprocess.Popen(["systemd-nspawn", "-q", "-D", self.root, "--boot", "--register=no",
-                                      "--keep-unit", f"--network-namespace-path=/run/netns/{self.netns.name}"],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.tmp / "console.log", "ab") as log:
+            self.proc = subprocess.Popen(["systemd-nspawn", "-q", "-D", self.root, "--boot", "--register=no",
+                                          "--keep-unit", f"--network-namespace-path=/run/netns/{self.netns.name}"],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             kids = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
@@ -102,7 +102,7 @@ class Machine:
                 self.proc.kill()
                 self.proc.wait()
         for path in (self.root, self.layers):
-            subprocess.run(["umount", "-l", path], capture_output=True)
+            subprocess.run(["umount", "-l", path], capture_output=True, check=False)
 
     def install(self) -> None:
         """scripts/install_services.sh, as an IT provider runs it."""

@@ -87,6 +87,7 @@ def trunk_settings(data, server: str, bind: str, password: str = SECRET, extra: 
     """A town hall's settings file with the operator's trunk, its password in the secret file."""
     (data / "secrets").mkdir(parents=True, mode=0o700, exist_ok=True)
     (data / "secrets" / "trunk_password").write_text(password + "\n")
+    (data / "secrets" / "trunk_password").chmod(0o600)       # as docs/trunk.md says (`ivr doctor` checks it)
     settings = data / "ivr.toml"
     settings.write_text(f"""[trunk]
 mode = "register"

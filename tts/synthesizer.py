@@ -223,8 +223,12 @@ class Speaker:
             self._remember(key, pcm)
             if self.cache_dir:
                 tmp = self.cache_dir / f".{key}.{os.getpid()}.wav"
-                write_wav(tmp, pcm, self.rate)
-                tmp.replace(self.cache_dir / f"{key}.wav")
+                try:
+                    write_wav(tmp, pcm, self.rate)
+                    tmp.replace(self.cache_dir / f"{key}.wav")
+                except Exception as exc:    # a full disk: the caller hears the reply all the same
+                    log.error("disk: TTS cache file %s not written (%s)", key, exc)
+                    tmp.unlink(missing_ok=True)
         return SpeechChunk(sentence, spoken, pcm, ms, False)
 
     def _remember(self, key: str, pcm: np.ndarray) -> None:

@@ -42,18 +42,27 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         SESSION_COOKIE_NAME="mairie_console",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=bool(ccfg["secure_cookies"]),
+        SESSION_COOKIE_SECURE=bool(ccfg["secure_cookies"] or ccfg.get("https")),
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=float(ccfg["session_hours"])),
         WTF_CSRF_TIME_LIMIT=None,            # the token lives as long as the session
         MAX_CONTENT_LENGTH=1 << 20,
     )
+    if ccfg.get("behind_proxy"):
+        # only then: the proxy's X-Forwarded-For (rate limits, audit), -Proto (https) and -Host are
+        # believed; sent to a console without a proxy, they would be anyone's say-so
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     store = store or _PerThread(lambda: Store(cfg.db_path))
     accounts, q = Accounts(store), Queries(store)
     clock = clock or dt.datetime.now
     CSRFProtect(app)
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[],
                       headers_enabled=False)
-    app.extensions["ivr"] = {"store": store, "cfg": cfg}
+    from ivr.alerts import Health
+
+    install = Health(cfg)      # refreshed by the alerts watcher that `ivr console` starts
+    app.extensions["ivr"] = {"store": store, "cfg": cfg, "health": install}
     rec_dir = (cfg.data_dir / "recordings").resolve()
     knowledge = _KnowledgeView(cfg, clock)
     from ivr.console.commune import register_routes, setup_pending
@@ -89,8 +98,10 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
 
     @app.context_processor
     def inject():
-        return {"me": getattr(g, "user", None), "ROLE_NAMES": ROLE_NAMES, "OUTCOMES": OUTCOMES, "ACTIONS": ACTIONS,
-                "THEMES": THEMES, "commune": knowledge.commune_name()}
+        me = getattr(g, "user", None)
+        return {"me": me, "ROLE_NAMES": ROLE_NAMES, "OUTCOMES": OUTCOMES, "ACTIONS": ACTIONS,
+                "THEMES": THEMES, "commune": knowledge.commune_name(),
+                "health_banner": _banner(install) if me and me["role"] == "admin" else None}
 
     @app.after_request
     def headers(resp):
@@ -101,6 +112,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
                                                    "style-src 'self'; script-src 'self'; media-src 'self'")
         if request.endpoint not in ("static",):
             resp.headers["Cache-Control"] = "no-store"
+        if request.is_secure:               # HTTPS, directly or through a trusted proxy: keep to it
+            resp.headers["Strict-Transport-Security"] = "max-age=31536000"
         return resp
 
     @app.errorhandler(CSRFError)
@@ -408,6 +421,12 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     def health():
         return jsonify({"ok": True})
 
+    @app.get("/sante/installation")
+    def install_health():
+        """The whole install (assistant, Asterisk, trunk, disk): states only, no address nor caller."""
+        state = install.public()
+        return jsonify(state), (200 if state["ok"] else 503)
+
     def _date_arg(name: str, default: dt.date) -> dt.date:
         try:
             return dt.date.fromisoformat(request.args.get(name, ""))
@@ -415,6 +434,14 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
             return default
 
     return app
+
+
+def _banner(health) -> dict | None:
+    try:
+        return health.banner()
+    except Exception:              # the banner must never cost a page
+        log.exception("health banner failed")
+        return None
 
 
 class _PerThread:
