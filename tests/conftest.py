@@ -77,6 +77,23 @@ def assistant(pbx, tmp_path_factory):
     a.stop()
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small tmpfs of our own (unmounted whatever happens)."""
+    mounts = []
+
+    def mount(size: str) -> Path:
+        path = tmp_path / f"tmpfs{len(mounts)}"
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounts):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def caller_voice(text: str, rate: int = 8000, phone: bool = True, tmp: Path | None = None,
                  voice: str = "mbrola", wpm: int = 150) -> np.ndarray:
     """A caller saying `text` in French through a G.711 phone line: espeak-ng + MBROLA (`voice`

@@ -150,22 +150,6 @@ def test_ivr_alerts_test_sends_by_email_and_webhook_and_keeps_every_attempt(tmp_
 
 
 # --- the watcher, driven tick by tick ------------------------------------------------------------------
-@pytest.fixture
-def tmpfs(tmp_path):
-    mounts = []
-
-    def mount(size: str) -> Path:
-        path = tmp_path / f"tmpfs{len(mounts)}"
-        path.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-        mounts.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounts):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def fill(folder: Path) -> Path:
     f = folder / "remplissage"
     with open(f, "wb") as out:

@@ -97,23 +97,6 @@ def failed(result, check: str, *words: str) -> dict:
     return item
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A small tmpfs of our own (unmounted whatever happens)."""
-    mounts = []
-
-    def mount(size: str) -> Path:
-        path = tmp_path / f"tmpfs{len(mounts)}"
-        path.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-        mounts.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounts):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_a_healthy_install_passes(town):
     from tests.sipcall import Desk
 

@@ -91,23 +91,6 @@ def fill(folder: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A small tmpfs of our own (unmounted whatever happens)."""
-    mounts = []
-
-    def mount(size: str) -> Path:
-        path = tmp_path / f"tmpfs{len(mounts)}"
-        path.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-        mounts.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounts):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def console_client(cfg):
     """The console (Flask test client) on that data folder, logged in as an admin."""
     from ivr.console.accounts import Accounts
