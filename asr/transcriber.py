@@ -71,6 +71,7 @@ class Transcript:
     temperature: float = 0.0          # 0: beam search; > 0: the fallback sampling was kept
     avg_logprob: float = 0.0
     alternatives: list[str] = field(default_factory=list)   # other beam results almost as likely
+    wait_ms: float = 0.0              # of asr_ms, waiting for a free replica (the ASR queue)
 
 
 def _norm(text: str) -> str:
@@ -319,6 +320,7 @@ class Transcriber:
                 self._slots.acquire()
             try:
                 t_run = time.perf_counter()
+                wait_ms = (t_run - t0) * 1000
                 result = self._decode(self.solo if solo else self.model, audio, window, prompt_text)
                 self._recent_s = 0.8 * self._recent_s + 0.2 * (time.perf_counter() - t_run)
             finally:
@@ -330,7 +332,7 @@ class Transcriber:
         asr_ms = (time.perf_counter() - t0) * 1000
         text, avg_logprob, no_speech, temperature, alternatives = result
         tr = Transcript(text, 0.0, no_speech, audio_s, asr_ms, window_s=window, temperature=temperature,
-                        avg_logprob=round(avg_logprob, 3), alternatives=alternatives)
+                        avg_logprob=round(avg_logprob, 3), alternatives=alternatives, wait_ms=round(wait_ms, 1))
         tr.rejected = None if force else self._reject(text, avg_logprob, no_speech, self.prompt)
         if tr.rejected or not text:
             tr.text, tr.rejected = "", tr.rejected or "empty"

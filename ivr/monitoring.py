@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # seconds a caller waits for the answer once their turn is over; the ASR part alone
 LATENCY_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)     # for a free ASR replica
 OUTCOMES = ("answered", "transferred", "message", "abandoned", "error", "declined")
 # why a call went to a person: a few fixed labels (the summaries themselves are free text)
 TRANSFER_REASONS = ("person", "service", "not_understood", "silence", "out_of_scope", "report", "error",
@@ -58,6 +59,7 @@ class Metrics:
         self.error_window_s = error_window_s
         self.turn_latency = Histogram()
         self.asr_latency = Histogram()
+        self.asr_wait = Histogram(WAIT_BUCKETS)
 
     def count_call(self, outcome: str) -> None:
         with self._lock:
@@ -72,11 +74,13 @@ class Metrics:
             self.errors[component] = self.errors.get(component, 0) + 1
             self.error_times.append(time.time())
 
-    def observe_turn(self, total_s: float, asr_s: float | None) -> None:
+    def observe_turn(self, total_s: float, asr_s: float | None, wait_s: float | None = None) -> None:
         with self._lock:
             self.turn_latency.observe(total_s)
             if asr_s is not None:
                 self.asr_latency.observe(asr_s)
+            if wait_s is not None:
+                self.asr_wait.observe(wait_s)
 
     def recent_errors(self) -> int:
         since = time.time() - self.error_window_s
@@ -121,6 +125,8 @@ class Metrics:
                       "From the end of a caller's turn to the first audio of the answer.")
             histogram("ivr_asr_turn_seconds", self.asr_latency,
                       "From the end of a caller's speech to its transcript: the ASR queue wait and the decoding.")
+            histogram("ivr_asr_queue_wait_seconds", self.asr_wait,
+                      "How long a caller's utterance waited for a free ASR replica.")
         family("ivr_asr_backlog_seconds", "gauge", "Estimated wait for a free ASR replica for a new utterance.")
         sample("ivr_asr_backlog_seconds", round(live.get("asr_backlog_s", 0.0), 3))
         family("ivr_asr_jobs", "gauge", "Transcriptions waiting or running.")
@@ -181,7 +187,9 @@ def on_turn(latency: dict) -> None:
     try:
         asr = latency.get("asr")
         total = (float(asr or 0) + float(latency["dialogue"]) + float(latency.get("tts_first") or 0)) / 1000
-        METRICS.observe_turn(total, float(asr) / 1000 if asr is not None else None)
+        wait = latency.get("asr_wait")
+        METRICS.observe_turn(total, float(asr) / 1000 if asr is not None else None,
+                             float(wait) / 1000 if wait is not None else None)
     except Exception:
         log.debug("metrics hook failed", exc_info=True)
 

@@ -297,7 +297,8 @@ class CallSession:
         reply = self.conversation.on_text(tr.text, tr.confidence, alternatives=tr.alternatives)
         nlu_ms = (time.perf_counter() - t1) * 1000
         self._reply(reply, latency={"endpoint": self.segmenter.end_silence_ms,
-                                    "asr": round(asr_ms), "asr_early": speculative, "dialogue": round(nlu_ms, 1)},
+                                    "asr": round(asr_ms), "asr_wait": tr.wait_ms, "asr_early": speculative,
+                                    "dialogue": round(nlu_ms, 1)},
                     transcript=tr.text, t_caller_end=ev.t_end)
 
     def _hint(self) -> str | None:

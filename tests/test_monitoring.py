@@ -135,6 +135,7 @@ def test_a_real_call_moves_the_figures_as_its_record_says(serve):
     assert turns == len(caller_turns) >= 2, [(t["kind"], t["text"]) for t in caller_turns]   # speech and key 0
     spoken = value(after, "ivr_asr_turn_seconds_count") - value(before, "ivr_asr_turn_seconds_count")
     assert spoken == sum(t["kind"] == "speech" for t in caller_turns) >= 1
+    assert value(after, "ivr_asr_queue_wait_seconds_count") - value(before, "ivr_asr_queue_wait_seconds_count") == spoken
     waited = value(after, "ivr_turn_latency_seconds_sum") - value(before, "ivr_turn_latency_seconds_sum")
     assert 0 < waited < 10 * turns
     assert value(after, "ivr_calls_in_progress") == 0
