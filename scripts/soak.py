@@ -133,7 +133,11 @@ def inject(m: Machine, fault: str) -> dict:
     else:
         pid = m.show("mairie-console")["MainPID"]
         m.run("systemctl", "restart", "mairie-console")
-        back = m.back_after("mairie-console", pid, t0, timeout=120)
+        m.back_after("mairie-console", pid, t0, timeout=120)
+        page = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/connexion', timeout=2)"
+        while time.monotonic() - t0 < 120 and m.run("python3", "-c", page, check=False).returncode:
+            time.sleep(0.2)               # until its pages answer
+        back = time.monotonic() - t0
     return {"fault": fault, "at": round(time.time(), 1), "back_after_s": round(back, 1)}
 
 
