@@ -86,6 +86,13 @@ for f in "$DATA"/secrets/console_* "$DATA"/secrets/smtp_password; do
   [ -e "$f" ] && chown -R "$SVC_USER:$SVC_USER" "$f" && chmod -R go-rwx "$f"
 done
 
+# A private /tmp would hide a checkout under /tmp (a test clone): then the services share the system's
+private_tmp=yes
+for p in "$REPO" "$DATA" "$CORPUS" "$AST_ROOT"; do
+  case $p/ in /tmp/*|/var/tmp/*) private_tmp=no ;; esac
+done
+[ $private_tmp = yes ] || say "WARNING: installed under /tmp, so the services get no private /tmp; install in /opt/mairie-assistant for real use"
+
 env_lines="Environment=IVR_DATA=$DATA"
 [ -n "$CONFIG" ] && env_lines+=$'\n'"Environment=IVR_CONFIG=$CONFIG"
 
@@ -94,7 +101,7 @@ sandbox="NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=read-only
 ReadWritePaths=$DATA $CORPUS
-PrivateTmp=yes
+PrivateTmp=$private_tmp
 PrivateDevices=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
@@ -139,7 +146,7 @@ TimeoutStopSec=15
 NoNewPrivileges=yes
 ProtectSystem=strict
 ReadWritePaths=$AST_ROOT/var $AST_ROOT/run $AST_ROOT/tmp
-PrivateTmp=yes
+PrivateTmp=$private_tmp
 PrivateDevices=yes
 ProtectHome=yes
 ProtectKernelTunables=yes

@@ -32,6 +32,11 @@ class Machine:
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                         f"lowerdir=/,upperdir={self.layers}/upper,workdir={self.layers}/work,metacopy=on",
                         self.root], check=True)
+        # nspawn mounts a fresh tmpfs on the container's /tmp, which would hide a checkout there (a CI
+        # clone): the overlay's copy of the checkout is bound back, from outside the container's tree
+        self.checkout = self.layers / "checkout"
+        self.checkout.mkdir()
+        subprocess.run(["mount", "--bind", f"{self.root}{ROOT}", self.checkout], check=True)
         self.proc: subprocess.Popen | None = None
         self.pid1 = 0
         etc = self.root / "etc/systemd/system"
@@ -39,17 +44,20 @@ class Machine:
                      "man-db.timer", "e2scrub_all.timer", "fstrim.timer", "dpkg-db-backup.timer"):
             (etc / unit).unlink(missing_ok=True)
             (etc / unit).symlink_to("/dev/null")       # masked: the host's own services, not ours
-        # This machine's Python lives under /root (pyenv), which no service user can reach; a server
-        # installed as docs/install.md says uses the system Python and needs nothing of the kind.
+        # This machine's Python lives under /root (pyenv), and a checkout may sit in a private folder
+        # (mktemp -d): no service user could reach them. A server installed as docs/services.md says
+        # (/opt/mairie-assistant, the system Python) needs nothing of the kind; here the container's
+        # copy of those folders is opened to others, the host's are left alone.
         python = Path(os.path.realpath(ROOT / ".venv/bin/python"))
-        for parent in python.parents:
+        for parent in {*python.parents, ROOT, *ROOT.parents}:
             mode = (self.root / parent.relative_to("/")).stat().st_mode
             os.chmod(self.root / parent.relative_to("/"), mode | 0o011)
 
     def boot(self, timeout: float = 60) -> None:
         with open(self.tmp / "console.log", "ab") as log:
             self.proc = subprocess.Popen(["systemd-nspawn", "-q", "-D", self.root, "--boot", "--register=no",
-                                          "--keep-unit", f"--network-namespace-path=/run/netns/{self.netns.name}"],
+                                          "--keep-unit", f"--network-namespace-path=/run/netns/{self.netns.name}",
+                                          f"--bind={self.checkout}:{ROOT}"],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -101,7 +109,7 @@ class Machine:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for path in (self.root, self.layers):
+        for path in (self.checkout, self.root, self.layers):
             subprocess.run(["umount", "-l", path], capture_output=True, check=False)
 
     def install(self) -> None:

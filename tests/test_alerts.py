@@ -293,7 +293,8 @@ def test_the_console_alerts_when_the_assistant_stops_shows_it_to_admins_and_says
         assert len(mailbox.received) == 1 and len(receiver.posts) == 1      # it persists: sent once
 
         assistant.start()
-        assert wait_for(lambda: len(mailbox.received) == 2), mailbox.subjects()
+        # the e-mail goes first, the webhook right after it
+        assert wait_for(lambda: len(mailbox.received) == 2 and len(receiver.posts) == 2), mailbox.subjects()
         assert mailbox.subjects()[1].endswith("Rétabli : L'assistant vocal prend de nouveau les appels")
         assert [p["state"] for p in receiver.posts] == ["problem", "recovered"]
         assert "Problème sur l'installation" not in admin.request("/direct").text
