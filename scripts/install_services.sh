@@ -82,7 +82,7 @@ UNSERVED=$AST_ROOT/var/spool/mairie
 chmod 700 "$DATA/secrets"
 if [ -f "$DATA/secrets/sip_password" ]; then chown "$SVC_USER:$SVC_USER" "$DATA/secrets/sip_password"; chmod 600 "$DATA/secrets/sip_password"; fi
 # the console's HTTPS key and certificate, if any, and the alerts' SMTP password
-for f in "$DATA"/secrets/console_* "$DATA"/secrets/smtp_password; do
+for f in "$DATA"/secrets/console_* "$DATA"/secrets/console-tls "$DATA"/secrets/smtp_password; do
   [ -e "$f" ] && chown -R "$SVC_USER:$SVC_USER" "$f" && chmod -R go-rwx "$f"
 done
 
