@@ -173,11 +173,23 @@ class SpeechPaused:
 
 
 @dataclass
+class TurnCheck:
+    """A pause of turn_check_ms: has the caller finished? The answer goes back through
+    `VoiceSegmenter.verdict(n, probability)`; until then the turn stays open (at most max_wait_ms)."""
+    n: int                          # the check's number: a verdict for an older pause is ignored
+    t: float
+    audio: np.ndarray = field(repr=False)   # the utterance so far, with the pause
+
+
+@dataclass
 class SpeechEnded:
     t_start: float
     t_end: float
     audio: np.ndarray = field(repr=False)
-    reason: str = "silence"         # silence | max_length | flush
+    reason: str = "silence"         # silence | complete (a turn model said so) | max_length | flush
+    silence_ms: int = 0             # the silence that ended it
+    complete_p: float | None = None  # the turn model's verdict, when it was asked
+    transcript: object = field(default=None, repr=False)   # what the ASR made of it (set by the session)
 
 
 @dataclass
@@ -196,6 +208,12 @@ class VoiceSegmenter:
     early_pause_ms: int = 0         # an earlier SpeechPaused(early=True) (0: none)
     lookback_ms: int = 2000         # how far back the start may reach, to the onset of the speech
     onset_gap_ms: int = 400         # silence that separates one burst of speech from the next
+    # end of turn decided by a turn model: TurnCheck after turn_check_ms of silence (0: no model, the
+    # turn ends after end_silence_ms); a verdict >= complete_threshold ends it at once, otherwise (or
+    # while no verdict has come) it ends after max_wait_ms
+    turn_check_ms: int = 0
+    complete_threshold: float = 0.5
+    max_wait_ms: int = 1500
 
     def __post_init__(self):
         self._neg_threshold = max(self.threshold - 0.15, 0.01)
@@ -215,11 +233,15 @@ class VoiceSegmenter:
         self._barged = False
         self._start_t = 0.0
         self._paused = 0             # SpeechPaused events already sent for the current pause
+        self._check = getattr(self, "_check", 0)    # TurnCheck number (kept across utterances)
+        self._checked = False        # a TurnCheck was sent for the current pause
+        self._verdict: float | None = None
 
     @classmethod
     def from_config(cls, vad_cfg: dict, sample_rate: int, frame_ms: int = 20) -> "VoiceSegmenter":
         keys = ("threshold", "min_speech_ms", "preroll_ms", "end_silence_ms", "max_utterance_s", "barge_in_ms",
-                "pause_ms", "early_pause_ms", "lookback_ms", "onset_gap_ms")
+                "pause_ms", "early_pause_ms", "lookback_ms", "onset_gap_ms", "turn_check_ms", "complete_threshold",
+                "max_wait_ms")
         return cls(sample_rate=sample_rate, frame_ms=frame_ms, **{k: vad_cfg[k] for k in keys if k in vad_cfg})
 
     @property
@@ -235,6 +257,12 @@ class VoiceSegmenter:
         t, n = self._t, self._n
         self.__post_init__()
         self._t, self._n = t, n
+
+    def verdict(self, n: int, complete_p: float) -> None:
+        """A turn model's answer to TurnCheck `n` (any thread may compute it; call this from the
+        thread that calls `process`)."""
+        if n == self._check and self._checked and self._in_speech:
+            self._verdict = float(complete_p)
 
     def process(self, frame: np.ndarray, speech_prob: float) -> list:
         events: list = []
@@ -275,8 +303,16 @@ class VoiceSegmenter:
         elif speech_prob >= self.threshold:
             self._silence_run = 0
             self._paused = 0
+            self._checked, self._verdict = False, None
         length = len(self._frames) * self.frame_ms / 1000.0
-        if self._silence_run >= self.end_silence_ms:
+        if self.turn_check_ms and self._silence_run >= self.turn_check_ms and not self._checked:
+            self._check += 1
+            self._checked = True
+            events.append(TurnCheck(self._check, self._t, np.concatenate(self._frames)))
+        if self.turn_check_ms and self._checked and self._verdict is not None \
+                and self._verdict >= self.complete_threshold:
+            events.append(self._end("complete"))
+        elif self._silence_run >= (self.max_wait_ms if self.turn_check_ms else self.end_silence_ms):
             events.append(self._end("silence"))
         elif length >= self.max_utterance_s:
             events.append(self._end("max_length"))
@@ -319,6 +355,6 @@ class VoiceSegmenter:
         return np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
 
     def _end(self, reason: str) -> SpeechEnded:
-        event = SpeechEnded(self._start_t, self._t, self._audio(), reason)
+        event = SpeechEnded(self._start_t, self._t, self._audio(), reason, self._silence_run, self._verdict)
         self.reset()
         return event

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from ivr.config import Config
+from ivr.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,25 @@ def build_engines(cfg: Config, store=None, clock=None):
         return Conversation(corpus, index, cfg["dialogue"], store=store, call_id=call_id, clock=clock, caller=caller)
 
     return Engines(cfg=cfg, transcriber=transcriber, speaker=speaker, new_conversation=new_conversation,
-                   store=store, recordings_dir=cfg.data_dir / "recordings", knowledge=knowledge)
+                   store=store, recordings_dir=cfg.data_dir / "recordings", knowledge=knowledge,
+                   turn_model=build_turn_model(cfg))
+
+
+def build_turn_model(cfg: Config):
+    """The end-of-turn model ([turn] model), or None for a fixed silence."""
+    name = cfg["turn"]["model"]
+    if name == "silence":
+        return None
+    if name != "smart-turn":
+        raise ConfigError(f"[turn] model = {name!r} : valeurs possibles smart-turn ou silence")
+    from asr.turn import SmartTurn
+    from ivr.models import smart_turn_path
+
+    path = smart_turn_path(cfg.models_dir)
+    if not path.exists():
+        raise RuntimeError(f"modèle de fin de tour absent ({path}) : lancez ivr models provision "
+                           "(ou réglez [turn] model = \"silence\")")
+    return SmartTurn(path, threads=int(cfg["turn"]["threads"]))
 
 
 def warm_engines(engines) -> dict:
@@ -173,6 +191,9 @@ def warm_engines(engines) -> dict:
     for i in range(0, rate - rate // 50 + 1, rate // 50):
         detector(noise[i:i + rate // 50])
     took["vad"], t = time.perf_counter() - t, time.perf_counter()
+    if engines.turn_model is not None:
+        engines.turn_model(noise, rate)
+        took["turn"], t = time.perf_counter() - t, time.perf_counter()
     took["asr"] = engines.transcriber.warm()
     t = time.perf_counter()
     conversation = engines.new_conversation(None)

