@@ -10,6 +10,7 @@ saying citizens' questions with a pause or a hesitation ("euh", "alors") in the 
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import tempfile
 import time
@@ -103,6 +104,8 @@ def build_cases(sounds_dir: Path, limit: int | None = None) -> list[dict]:
         cases.append({"id": f"rec:{path.stem}", "kind": "recording", "text": text,
                       "audio": np.concatenate([lead, pcm, tail]), "speech_end_s": 0.6 + len(pcm) / RATE,
                       "resume_s": None})
+        if re.search(r"[.?!]\s", text.strip()):
+            continue                # several sentences: their widest gap is an end, not a pause
         gap = _widest_gap(pcm)
         if gap is None or gap[1] - gap[0] < 3:          # no pause of 60 ms to stretch
             continue
@@ -222,9 +225,9 @@ def bench_turns(cfg, sounds_dir: Path, limit: int | None = None, policies: list[
             if answered:
                 cut.append(case["id"])
                 by_kind[case["kind"]][0] += 1
-            by_kind[case["kind"]][1] += 1
                 if case["pause_s"] <= 1.0:
                     cut_1s.append(case["id"])
+            by_kind[case["kind"]][1] += 1
         w = np.array(waits) * 1000
         out["policies"][name] = {
             "cut_off_pct": round(100 * len(cut) / max(n_paused, 1), 1),

@@ -176,3 +176,19 @@ def test_over_sip_a_pause_mid_question_is_not_answered_and_a_quick_oui_is_taken_
     assert ends, (said, call["events"][-10:])
     data = json.loads(ends[0]["data"]) if isinstance(ends[0]["data"], str) else ends[0]["data"]
     assert data["reason"] == "complete" and data["silence_ms"] < 600, data
+
+
+def test_bench_turns_measures_each_policy_on_held_out_utterances():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "ivr.cli", "bench", "turns", "--limit", "2", "--policy", "silence_600ms",
+                        "--policy", "smart_turn_and_transcript"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert r["cases"]["complete"] >= 4 and r["cases"]["paused"] >= 3, r["cases"]
+    assert set(r["policies"]) == {"silence_600ms", "smart_turn_and_transcript"}
+    fixed, smart = r["policies"]["silence_600ms"], r["policies"]["smart_turn_and_transcript"]
+    assert 600 <= fixed["wait_after_complete_ms"]["p50"] < 800          # the fixed silence, plus the VAD's lag
+    assert smart["model_ms_p50"] is not None and fixed["model_ms_p50"] is None
+    assert all(0 <= v["cut_off_pct"] <= 100 for v in r["policies"].values())
