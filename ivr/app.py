@@ -192,7 +192,10 @@ def warm_engines(engines) -> dict:
         detector(noise[i:i + rate // 50])
     took["vad"], t = time.perf_counter() - t, time.perf_counter()
     if engines.turn_model is not None:
-        engines.turn_model(noise, rate)
+        # on the thread that runs it during calls: its first run there took ~1 s (measured)
+        verdict = threading.Event()
+        engines.check_turn(np.concatenate([noise] * 3), rate, lambda p: verdict.set())
+        verdict.wait(30)
         took["turn"], t = time.perf_counter() - t, time.perf_counter()
     took["asr"] = engines.transcriber.warm()
     t = time.perf_counter()

@@ -398,6 +398,14 @@ def check_models(cfg) -> Result:
         if spec is None or not any(Path(d, "assets", "silero_vad_v6.onnx").exists()
                                    for d in spec.submodule_search_locations or []):
             missing.append("détecteur de parole Silero absent (paquet faster-whisper)")
+    if cfg["turn"]["model"] == "smart-turn":
+        from ivr.models import SMART_TURN_SHA256, _sha256, smart_turn_path
+
+        path = smart_turn_path(cfg.models_dir)
+        if not path.exists() or _sha256(path) != SMART_TURN_SHA256:
+            missing.append(f"modèle de fin de tour Smart Turn absent ou altéré ({path})")
+        else:
+            found.append("fin de tour Smart Turn")
     if cfg["dialogue"]["embedding"] == "use":
         import importlib.util
 

@@ -376,13 +376,15 @@ class CallSession:
         self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms),
                    speculative=speculative)
         if not tr.text and tr.rejected in NOISE:
+            if len(self._heard) <= utterances:
+                self._open_t = None     # the next turn's words start after it
             return          # a cough, a click, the line: not a turn (the event above keeps the trace)
         ev.transcript = (tr, round(asr_ms), speculative)
         # not over the caller: if they went on speaking, or stopped mid-sentence, the reply waits
         resumed = len(self._heard) > utterances          # a new utterance has begun: it joins this one
         wait_s = float(self.e.cfg["turn"]["unfinished_wait_ms"]) / 1000
         cut = bool(wait_s) and unfinished(tr.text)
-        if resumed or cut or self.segmenter.active:
+        if resumed or cut or self.segmenter.in_speech:
             # if what is starting turns out to be nothing, the turn is answered as it is
             deadline = None if resumed else max(ev.t_end - ev.silence_ms / 1000 + (wait_s if cut else 0), self._t + 0.3)
             self._held = HeldTurn(ev, deadline)

@@ -124,7 +124,8 @@ def test_an_unreachable_desk(town):
 
 def test_missing_models(town, tmp_path):
     item = failed(doctor(town.mairie, town.env, IVR_PATHS__MODELS=tmp_path), "models",
-                  "manquant", "modèle de reconnaissance vocale absent", str(tmp_path / "whisper-base"))
+                  "manquant", "modèle de reconnaissance vocale absent", str(tmp_path / "whisper-base"),
+                  "modèle de fin de tour Smart Turn absent")
     assert "ivr models provision" in item["fix"]
 
 
