@@ -26,7 +26,7 @@ class BackupError(Exception):
     """A backup or restore that cannot be done (the message is in French); nothing was changed."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -79,7 +79,7 @@ def backup(cfg, out: Path) -> dict:
             items.append(("ivr.toml", settings))
         manifest = {"format": FORMAT, "created_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                     "counts": _counts(snap),
-                    "files": {name: {"sha256": _sha256(p), "size": p.stat().st_size} for name, p in items}}
+                    "files": {name: {"sha256": file_sha256(p), "size": p.stat().st_size} for name, p in items}}
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(f".{out.name}.part")
         part.unlink(missing_ok=True)
@@ -147,7 +147,7 @@ def restore(cfg, archive: Path, force: bool = False, settings: Path | None = Non
                     shutil.copyfileobj(src, f)
             except (KeyError, tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                 raise BackupError(f"sauvegarde abîmée : {name} illisible ({exc})") from None
-            if _sha256(target) != meta["sha256"]:
+            if file_sha256(target) != meta["sha256"]:
                 raise BackupError(f"sauvegarde abîmée : {name} ne correspond pas à son empreinte")
         # every file checked: now replace
         for suffix in ("", "-wal", "-shm"):

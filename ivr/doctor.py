@@ -399,10 +399,11 @@ def check_models(cfg) -> Result:
                                    for d in spec.submodule_search_locations or []):
             missing.append("détecteur de parole Silero absent (paquet faster-whisper)")
     if cfg["turn"]["model"] == "smart-turn":
-        from ivr.models import SMART_TURN_SHA256, _sha256, smart_turn_path
+        from ivr.backup import file_sha256
+        from ivr.models import SMART_TURN_SHA256, smart_turn_path
 
         path = smart_turn_path(cfg.models_dir)
-        if not path.exists() or _sha256(path) != SMART_TURN_SHA256:
+        if not path.exists() or file_sha256(path) != SMART_TURN_SHA256:
             missing.append(f"modèle de fin de tour Smart Turn absent ou altéré ({path})")
         else:
             found.append("fin de tour Smart Turn")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ivr.backup import file_sha256
+
 log = logging.getLogger(__name__)
 
 WHISPER_BASE_SIZE = 145_217_607
@@ -55,16 +57,6 @@ def provision_whisper_base(models_dir: Path) -> Path:
     return dest
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def smart_turn_path(models_dir: Path) -> Path:
     return models_dir / "smart-turn" / Path(SMART_TURN_MEMBER).name
 
@@ -79,7 +71,7 @@ def provision_smart_turn(models_dir: Path) -> Path:
     import zipfile
 
     dest = smart_turn_path(models_dir)
-    if dest.exists() and _sha256(dest) == SMART_TURN_SHA256:
+    if dest.exists() and file_sha256(dest) == SMART_TURN_SHA256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
@@ -97,7 +89,7 @@ def provision_smart_turn(models_dir: Path) -> Path:
                                    f"({(got.stderr or got.stdout).strip()[-300:]})")
             with zipfile.ZipFile(wheels[0]) as z, z.open(SMART_TURN_MEMBER) as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
-    if _sha256(tmp) != SMART_TURN_SHA256:
+    if file_sha256(tmp) != SMART_TURN_SHA256:
         tmp.unlink()
         raise RuntimeError(f"modèle de fin de tour : empreinte inattendue pour {SMART_TURN_MEMBER}")
     tmp.replace(dest)

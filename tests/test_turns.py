@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from asr.vad import SpeechEnded, SpeechStarted, TurnCheck, VoiceSegmenter
+from asr.vad import SpeechEnded, TurnCheck, VoiceSegmenter
 from audio.pcm import phone_line, read_audio
 from dialogue.unfinished import unfinished
 from ivr.simulate import run_session_on_audio
@@ -103,10 +103,11 @@ def test_a_transcript_that_stops_mid_sentence_is_told_apart(text, expected):
 
 
 def test_smart_turn_comes_from_its_wheel_and_hears_a_real_sentence_end(engines):
-    from ivr.models import SMART_TURN_SHA256, _sha256, smart_turn_path
+    from ivr.backup import file_sha256
+    from ivr.models import SMART_TURN_SHA256, smart_turn_path
 
     path = smart_turn_path(engines.cfg.models_dir)
-    assert _sha256(path) == SMART_TURN_SHA256
+    assert file_sha256(path) == SMART_TURN_SHA256
     model = engines.turn_model
     assert model is not None and model.path == path
     pcm = phone_line(read_audio(core_sounds(1)[0][0], RATE)[0], RATE)
