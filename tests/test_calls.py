@@ -218,7 +218,7 @@ def test_models_are_warm_before_the_assistant_registers(assistant):
     warm, registered = log.find("models warm in"), log.find("registration: 200")
     assert 0 <= warm < registered, log[-2000:]
     parts = json.loads(log[warm:].split("\n")[0].split(" s ", 1)[1].replace("'", '"'))
-    assert set(parts) == {"vad", "asr", "dialogue", "tts"}
+    assert set(parts) == {"vad", "turn", "asr", "dialogue", "tts"}
 
 
 def test_an_overloaded_assistant_sends_new_calls_to_the_desk_at_once(assistant, pbx, tmp_path):
