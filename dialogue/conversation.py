@@ -62,12 +62,12 @@ REPEAT = _rx(r"repete[rz]?", r"repetez", r"redire", r"redites", r"redis", r"pas 
              r"encore une fois", r"vous pouvez repeter",
              # alone, not at the end of a question ("il s'occupe de quoi")
              r"^(?:(?:euh|hein|pardon|quoi|comment|excusez[- ]moi)[\s,?!.]*){1,3}$")
-GOODBYE = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"bonne fin de journee", r"a bientot", r"salut",
+GOODBYE = _rx(r"au revoir", r"revoire", r"bonne journee", r"bonne soiree", r"bonne fin de journee", r"a bientot", r"salut",
               r"c'est tout", r"ce sera tout", r"merci (?:beaucoup|bien|infiniment)", r"^merci$", r"^merci ?madame$",
               r"^merci ?monsieur$")
 DAY = _rx(r"lundi", r"mardi", r"mercredi", r"jeudi", r"vendredi", r"samedi", r"dimanche", r"aujourd'? ?hui",
           r"apres[- ]demain", r"demain", r"ce soir", r"ce matin", r"cet apres[- ]midi", r"ce midi")
-FAREWELL = _rx(r"au revoir", r"bonne journee", r"bonne soiree", r"a bientot")
+FAREWELL = _rx(r"au revoir", r"revoire", r"bonne journee", r"bonne soiree", r"a bientot")
 # a caller's "Bonjour." before the question (often followed by a pause): a greeting, not a question
 HELLO = re.compile(r"^(?:(?:oui|allo|ah|euh)[\s,.!]*)*(?:bonjour|bonsoir|allo|salut)"
                    r"(?:[\s,]+(?:madame|monsieur|mademoiselle|messieurs dames|a vous|tout le monde))?[\s.!?,]*$")
@@ -263,6 +263,8 @@ class Conversation:
                 return self._say(Reply("answer", "Je vous écoute."))
         if GOODBYE.search(raw) and len(clean_query(raw).split()) <= 2:
             return self._goodbye()
+        if stage == "main" and self.s.answered and NO.match(raw) and "merci" in raw and len(raw.split()) <= 4:
+            return self._goodbye()          # "non merci" once something was answered: the caller is done
         if stage == "after_answer" and self.s.entry_id and DAY.search(raw) and len(clean_query(raw).split()) <= 4:
             e = self.corpus.by_id(self.s.entry_id)
             if e and e.hours_of:                  # "et le samedi ?" after a timetable
@@ -305,6 +307,8 @@ class Conversation:
                                "ou posez votre question."))
 
     def on_silence(self) -> Reply:
+        if self.s.stage == "satisfaction":     # the caller said goodbye: no answer is an answer
+            return self._say(Reply("goodbye", "Merci de votre appel. Au revoir et bonne journée.", end_call=True))
         self.s.silences += 1
         if self.s.silences == 1:
             return self._say(Reply("clarify", "Je ne vous entends pas. Posez votre question, "

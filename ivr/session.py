@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # ASR rejections that mean "nobody spoke" (no reply), as opposed to speech not understood
 NOISE = ("silence", "no_speech", "hallucination", "prompt")
 CALLER_LEVEL_DBFS = -40.0       # caller audio this loud (and not our echo) may be speech
+HOLD_ONSET_S = 0.5              # how long a held turn waits on a start of speech the VAD cannot settle
 DEAF_SPEECH_S = 1.0             # speech a fresh detector finds outside every utterance: a deaf call
 
 
@@ -193,7 +194,8 @@ class CallSession:
                            complete=None if ev.complete_p is None else round(ev.complete_p, 3))
                 self._submit(self._caller_turn, ev, time.perf_counter(), len(self._heard))
         held = self._held
-        if held is not None and held.deadline is not None and self._t >= held.deadline and not self.segmenter.active:
+        if held is not None and held.deadline is not None and self._t >= held.deadline \
+                and (not self.segmenter.active or self._t >= held.deadline + HOLD_ONSET_S):
             self._held = None               # nothing more came: answered as it is
             self._submit(self._answer_held, held)
         if self._t >= self._max_s and not self._limit_hit:
@@ -384,9 +386,10 @@ class CallSession:
         resumed = len(self._heard) > utterances          # a new utterance has begun: it joins this one
         wait_s = float(self.e.cfg["turn"]["unfinished_wait_ms"]) / 1000
         cut = bool(wait_s) and unfinished(tr.text)
-        if resumed or cut or self.segmenter.in_speech:
-            # if what is starting turns out to be nothing, the turn is answered as it is
-            deadline = None if resumed else max(ev.t_end - ev.silence_ms / 1000 + (wait_s if cut else 0), self._t + 0.3)
+        if resumed or cut or self.segmenter.active:
+            # speech starting (not confirmed yet) holds it too: "Oui, | c'est bien ça." If what starts
+            # turns out to be nothing, the turn is answered as it is, as soon as the VAD lets go of it
+            deadline = None if resumed else max(ev.t_end - ev.silence_ms / 1000 + (wait_s if cut else 0), self._t)
             self._held = HeldTurn(ev, deadline)
             self._emit("turn-held", text=tr.text, resumed=resumed, unfinished=cut)
             return

@@ -145,6 +145,7 @@ def test_a_spoken_report_ends_with_a_stored_ticket_read_back(assistant, engines)
     answer_to_yes = r.steps[4]["end_s"]
     end = heard_text(engines, r.heard, answer_to_yes, r.steps[5]["start_s"])
     assert "enregistr" in end or "signalement" in end, end
+    assert call["outcome"] == "answered", said          # "non merci, au revoir", then no satisfaction answer
 
 
 def test_a_caller_is_oriented_to_the_aids_that_fit_in_under_two_minutes(assistant):

@@ -61,6 +61,17 @@ def test_answer_then_another_question_then_satisfaction(conv):
     assert r.satisfaction == 1 and r.end_call
 
 
+def test_no_thanks_after_an_answer_and_a_stray_yes_still_ends_the_call(conv):
+    c = conv()
+    assert c.on_text("non merci").action != "goodbye"          # nothing answered yet: not a farewell
+    c.on_text("a quelle heure ouvre la mairie le samedi")
+    assert c.on_text("c'est bien ça").text == "Je vous écoute."
+    r = c.on_text("Non merci, revoire.")                          # Whisper's "au revoir" on a phone line
+    assert r.action == "goodbye" and "satisfait" in r.text, r.text
+    r = c.on_silence()                                              # no answer: the call ends, no agent
+    assert r.end_call and not r.transfer and r.satisfaction is None, r.text
+
+
 def test_repeat_by_voice_and_by_key(conv):
     c = conv()
     first = c.on_text("comment je fais pour avoir un passeport")
