@@ -146,6 +146,7 @@ class Conversation:
             self.s.caller_phone = extract_phone(m.group(1)) if m else ""
         self.commune = corpus.commune
         self._alternatives: list[str] = []
+        self._searched: tuple[str | None, object] = (None, None)
 
     # --- public API -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -306,6 +307,26 @@ class Conversation:
         return self._say(Reply("clarify", "Cette touche n'est pas utilisée. Tapez 0 pour parler à un agent, "
                                "ou posez votre question."))
 
+    def unsure(self, text: str, alternatives: list[str] = ()) -> bool:
+        """Would this turn, taken as it is, be a question the knowledge answers for no one entry?
+        Said with a pause, "Je voudrais parler" or "Je cherche les horaires" is often the first half of
+        the question: the caller is given a moment to finish before being asked to rephrase."""
+        if self.s.stage not in ("main", "after_answer"):
+            return False
+        raw = _n(text)
+        if not raw.strip(" .?!,") or self._named_service(raw) or any(
+                rx.search(raw) for rx in (PERSON, FAREWELL, GOODBYE, REPEAT, DAY)) or any(
+                rx.match(raw) for rx in (YES, NO, HELLO)):
+            return False                # a command, or a reply to what was just said
+        threshold = float(self.cfg["answer_threshold"])
+        return all(self._search(self._without_places(t)).confidence < threshold for t in [text, *alternatives])
+
+    def _search(self, query: str):
+        """The index's answer, kept for the same query: `unsure` then `on_text` search it once."""
+        if self._searched[0] != query:
+            self._searched = (query, self.index.search(query))
+        return self._searched[1]
+
     def on_silence(self) -> Reply:
         if self.s.stage == "satisfaction":     # the caller said goodbye: no answer is an answer
             return self._say(Reply("goodbye", "Merci de votre appel. Au revoir et bonne journée.", end_call=True))
@@ -428,10 +449,10 @@ class Conversation:
                                  tail, re.I))
             query = tail[m[-1].end():] if m and len(tail[m[-1].end():].split()) >= 3 else tail
         self.s.asked = query
-        res = self.index.search(self._without_places(query))
+        res = self._search(self._without_places(query))
         if res.confidence < float(self.cfg["answer_threshold"]):
             for alt in self._alternatives:
-                other = self.index.search(self._without_places(alt))
+                other = self._search(self._without_places(alt))
                 if other.confidence >= float(self.cfg["answer_threshold"]):
                     res = other
                     break

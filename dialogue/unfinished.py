@@ -17,7 +17,7 @@ je j tu il elle on nous vous ils elles me m te t se s y lui enfin genre bref
 # ... nor, unless asked as a question ("C'est où ?"), on the verbs that announce one
 _ANNOUNCING = set("""
 voudrais voudrait voulais veux aimerais aimerait souhaiterais souhaite savoir demander connaitre
-faire comment combien quand où ou quoi est-ce c'est qu'est-ce
+faire parler comment combien quand où ou quoi est-ce c'est qu'est-ce
 """.split())
 # a lone greeting or politeness is followed by the question
 _OPENERS = {"bonjour", "bonsoir", "allo", "bonjour madame", "bonjour monsieur", "excusez-moi", "pardon",

@@ -48,6 +48,7 @@ POLICIES = {
     "silence_250ms_and_transcript": {"turn": "silence", "end_silence_ms": 250, "text": True},
     "smart_turn": {"turn": "smart-turn", "text": False},
     "smart_turn_and_transcript": {"turn": "smart-turn", "text": True},
+    "smart_turn_transcript_and_knowledge": {"turn": "smart-turn", "text": True, "knowledge": True},
 }
 
 
@@ -172,7 +173,11 @@ def bench_turns(cfg, sounds_dir: Path, limit: int | None = None, policies: list[
     from ivr.bench import machine
     from ivr.models import smart_turn_path
 
+    from dialogue.conversation import Conversation
+    from ivr.app import build_dialogue
+
     cases = build_cases(sounds_dir, limit)
+    corpus, index = build_dialogue(cfg)
     model = SmartTurn(smart_turn_path(cfg.models_dir))
     asr = Transcriber(cfg["asr"], cfg.models_dir, cache_dir=cfg.cache_dir)
     asr.warm()
@@ -192,6 +197,12 @@ def bench_turns(cfg, sounds_dir: Path, limit: int | None = None, policies: list[
                      "paused": sum(c["resume_s"] is not None for c in cases),
                      "pauses_s": sorted({c["pause_s"] for c in cases if "pause_s" in c})},
            "policies": {}}
+    def held(policy: dict, text: str) -> bool:
+        """The session's checks on the transcript: such a turn waits until hold_s after the last word."""
+        if not policy["text"]:
+            return False
+        return unfinished(text) or bool(policy.get("knowledge")) and Conversation(corpus, index, cfg["dialogue"]).unsure(text)
+
     for name in policies or list(POLICIES):
         policy = POLICIES[name]
         waits, cut, cut_1s, ended_early, over, n_paused, n_paused_1s, model_ms, missed = [], [], [], 0, 0, 0, 0, [], []
@@ -205,7 +216,7 @@ def bench_turns(cfg, sounds_dir: Path, limit: int | None = None, policies: list[
                     missed.append(case["id"])
                     continue
                 wait = r["t_end"] - case["speech_end_s"]
-                if policy["text"] and unfinished(transcribe(r["audio"])[0]):
+                if held(policy, transcribe(r["audio"])[0]):
                     wait = max(wait, hold_s)
                 waits.append(wait)
                 waits_by_kind[case["kind"]].append(wait * 1000)
@@ -217,10 +228,12 @@ def bench_turns(cfg, sounds_dir: Path, limit: int | None = None, policies: list[
             if early:
                 ended_early += 1
                 text, asr_s = transcribe(r["audio"])
-                # nothing understood ("alors euh" may give no text) is no turn: the caller is not answered
-                if text and not (policy["text"] and unfinished(text)):
-                    answered = True
-                    # the reply is held if the caller speaks again before it is ready
+                # nothing understood ("alors euh" may give no text) is no turn: the caller is not answered.
+                # A reply is held (and the rest joined to the turn) if the caller speaks again before it
+                # is ready, or before hold_s after their last word when the transcript is held.
+                if text:
+                    ready = case["speech_end_s"] + hold_s if held(policy, text) else r["t_end"] + asr_s
+                    answered = ready < case["resume_s"]
                     over += r["t_end"] + asr_s < case["resume_s"]
             if answered:
                 cut.append(case["id"])
@@ -236,7 +249,7 @@ def bench_turns(cfg, sounds_dir: Path, limit: int | None = None, policies: list[
             "wait_after_complete_p50_ms_by_kind": {k: round(float(np.median(v))) if v else None
                                                    for k, v in waits_by_kind.items()},
             "turn_ended_in_pause_pct": round(100 * ended_early / max(n_paused, 1), 1),
-            "answered_over_caller_pct": round(100 * over / max(n_paused, 1), 1),
+            "reply_ready_in_pause_pct": round(100 * over / max(n_paused, 1), 1),
             "wait_after_complete_ms": {"p50": round(float(np.percentile(w, 50))), "p90": round(float(np.percentile(w, 90))),
                                        "max": round(float(w.max()))} if len(w) else None,
             "complete_waiting_over_1s": int((w > 1000).sum()),

@@ -386,12 +386,15 @@ class CallSession:
         resumed = len(self._heard) > utterances          # a new utterance has begun: it joins this one
         wait_s = float(self.e.cfg["turn"]["unfinished_wait_ms"]) / 1000
         cut = bool(wait_s) and unfinished(tr.text)
+        unsure = bool(wait_s) and not cut and bool(self.e.cfg["turn"]["hold_unsure"]) \
+            and getattr(self.conversation, "unsure", lambda *a: False)(tr.text, tr.alternatives)
+        cut = cut or unsure
         if resumed or cut or self.segmenter.active:
             # speech starting (not confirmed yet) holds it too: "Oui, | c'est bien ça." If what starts
             # turns out to be nothing, the turn is answered as it is, as soon as the VAD lets go of it
             deadline = None if resumed else max(ev.t_end - ev.silence_ms / 1000 + (wait_s if cut else 0), self._t)
             self._held = HeldTurn(ev, deadline)
-            self._emit("turn-held", text=tr.text, resumed=resumed, unfinished=cut)
+            self._emit("turn-held", text=tr.text, resumed=resumed, unfinished=cut and not unsure, unsure=unsure)
             return
         if self.inline:
             # a simulation runs the ASR between two frames: the caller's next words during the time it

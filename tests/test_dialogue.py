@@ -72,6 +72,16 @@ def test_no_thanks_after_an_answer_and_a_stray_yes_still_ends_the_call(conv):
     assert r.end_call and not r.transfer and r.satisfaction is None, r.text
 
 
+def test_a_turn_the_knowledge_matches_to_no_one_entry_is_unsure(conv):
+    c = conv()
+    assert c.unsure("Je cherche les horaires.") and c.unsure("C'est pour ça.")
+    assert not c.unsure("Je cherche les horaires de la médiathèque.")
+    assert not c.unsure("non merci") and not c.unsure("un agent s'il vous plaît") and not c.unsure("")
+    assert c.unsure("Je cherche les horaires.", ["Je cherche les horaires de la piscine."]) is False
+    c.on_text("Il y a un lampadaire en panne dans ma rue.")
+    assert not c.unsure("Au douze.")                        # a report's place is data, not a question
+
+
 def test_repeat_by_voice_and_by_key(conv):
     c = conv()
     first = c.on_text("comment je fais pour avoir un passeport")

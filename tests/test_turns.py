@@ -96,7 +96,7 @@ def test_without_a_turn_model_the_fixed_silence_still_rules():
 @pytest.mark.parametrize("text,expected", [
     ("Je voudrais savoir.", True), ("Alors euh", True), ("C'est pour le", True), ("Bonjour.", True),
     ("Je voudrais un acte de naissance pour mon fils.", False), ("Oui.", False), ("Non merci, au revoir.", False),
-    ("C'est où ?", False), ("Quels sont les horaires de la mairie", False), ("j'appelle parce qu'", True),
+    ("C'est où ?", False), ("Je voudrais parler.", True), ("Quels sont les horaires de la mairie", False), ("j'appelle parce qu'", True),
     ("Mon adresse c'est le…", True), ("", False)])
 def test_a_transcript_that_stops_mid_sentence_is_told_apart(text, expected):
     assert unfinished(text) is expected
@@ -127,6 +127,18 @@ def test_a_question_with_a_long_pause_in_the_middle_is_answered_once_as_a_whole(
     assert len(turns) == 1, turns
     assert "voudrais" in turns[0]["transcript"].lower() and "piscine" in turns[0]["transcript"].lower()
     assert turns[0]["entry_id"] == "sport_culture_loisirs.piscine_horaires"
+
+
+def test_a_first_half_the_knowledge_cannot_answer_waits_for_the_rest(engines):
+    # "Je cherche les horaires." sounds finished (Smart Turn: 0.98) but matches no one entry
+    a = caller_voice("Je cherche les horaires.")
+    a = a[: np.flatnonzero(np.abs(a) > 500)[-1]]
+    s = run_session_on_audio(engines, np.concatenate([silence(0.3), a, silence(0.8), caller_voice("de la médiathèque."),
+                                                      silence(2.5)]))
+    held = [e.data for e in s.events if e.type == "turn-held"]
+    assert held and held[0]["unsure"] and not held[0]["unfinished"], held
+    turns = [t for t in s.turns if t["transcript"]]
+    assert len(turns) == 1 and turns[0]["entry_id"] == "sport_culture_loisirs.mediatheque_horaires", turns
 
 
 def test_the_fixed_silence_is_still_there_for_those_who_want_it(engines):
