@@ -207,6 +207,7 @@ def bench_turns(cfg, sounds_dir: Path, limit: int | None = None, policies: list[
         policy = POLICIES[name]
         waits, cut, cut_1s, ended_early, over, n_paused, n_paused_1s, model_ms, missed = [], [], [], 0, 0, 0, 0, [], []
         by_kind = {"recording": [0, 0], "voice": [0, 0]}          # [cut off, paused utterances]
+        by_kind_1s = {"recording": [0, 0], "voice": [0, 0]}       # the same, pauses up to 1 s
         waits_by_kind: dict[str, list[float]] = {"recording": [], "voice": []}
         for case in cases:
             r = _first_turn(cfg, case, policy, model)
@@ -240,12 +241,15 @@ def bench_turns(cfg, sounds_dir: Path, limit: int | None = None, policies: list[
                 by_kind[case["kind"]][0] += 1
                 if case["pause_s"] <= 1.0:
                     cut_1s.append(case["id"])
+                    by_kind_1s[case["kind"]][0] += 1
             by_kind[case["kind"]][1] += 1
+            by_kind_1s[case["kind"]][1] += case["pause_s"] <= 1.0
         w = np.array(waits) * 1000
         out["policies"][name] = {
             "cut_off_pct": round(100 * len(cut) / max(n_paused, 1), 1),
             "cut_off_pct_pauses_to_1s": round(100 * len(cut_1s) / max(n_paused_1s, 1), 1),
             "cut_off_pct_by_kind": {k: round(100 * c / max(n, 1), 1) for k, (c, n) in by_kind.items()},
+            "cut_off_pct_pauses_to_1s_by_kind": {k: round(100 * c / max(n, 1), 1) for k, (c, n) in by_kind_1s.items()},
             "wait_after_complete_p50_ms_by_kind": {k: round(float(np.median(v))) if v else None
                                                    for k, v in waits_by_kind.items()},
             "turn_ended_in_pause_pct": round(100 * ended_early / max(n_paused, 1), 1),

@@ -633,7 +633,8 @@ def bench_hearing(cfg):
 @click.pass_obj
 def bench_turns(cfg, limit, sounds, policies):
     """Turn-taking: how often the caller is cut off in a mid-sentence pause, and the wait after a
-    finished sentence, for each way of ending a turn (fixed silence, Smart Turn, the transcript)."""
+    finished sentence, for each way of ending a turn (fixed silence, Smart Turn, the transcript, the
+    knowledge)."""
     from ivr.bench_turns import bench_turns as run
 
     _print(run(cfg, Path(sounds), limit, list(policies) or None))

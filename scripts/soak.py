@@ -7,12 +7,13 @@ in a container (tests/machine.py), with a desk phone whose person talks as soon 
 call after another. Faults, spread over the run: the assistant killed (SIGKILL), Asterisk restarted,
 the console restarted. Measured: how each call ended, the silence a caller hears after speaking,
 whether every call the assistant took has a record, and the assistant's memory, threads and open
-files sampled every 10 s (per process: the kill starts a new one).
+files sampled every 10 s from the host (per process: the kill starts a new one).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -41,6 +42,7 @@ QUESTIONS = [
 ]
 ASK_AT, GAP, CALL_S = 9.0, 14.0, 36.0      # questions 9 s after the answer (after the greeting), 14 s apart
 FAULTS = ("kill-assistant", "restart-asterisk", "restart-console")
+IN_CALLS = [0]                              # callers in a call now
 
 
 def loud(pcm: np.ndarray) -> np.ndarray:
@@ -80,8 +82,11 @@ class Caller(threading.Thread):
                 ends.append((i + np.flatnonzero(np.abs(v) > 300)[-1]) / RATE)
             k += 1
             t0 = time.time()
+            with self.lock:
+                IN_CALLS[0] += 1
             r = place_call(audio, hangup_after=CALL_S, timeout=CALL_S + 20, netns=self.netns)
             with self.lock:
+                IN_CALLS[0] -= 1
                 self.results.append({"at": t0, "answered": r.answered, "remote_hangup": r.remote_hangup,
                                      "duration_s": round(r.duration, 1),
                                      "silences_s": silences_after_speaking(r.heard, ends) if r.answered else []})
@@ -89,17 +94,37 @@ class Caller(threading.Thread):
                 time.sleep(2.0)                   # a caller who got nothing tries again a little later
 
 
-def sample(m: Machine) -> dict | None:
-    pid = m.show("mairie-assistant")["MainPID"]
-    if pid == "0":
-        return None
-    out = m.run("sh", "-c", f"grep -E '^(VmRSS|Threads):' /proc/{pid}/status; ls /proc/{pid}/fd | wc -l", check=False)
-    if out.returncode:
-        return None
-    rss = re.search(r"VmRSS:\s+(\d+)", out.stdout)
-    threads = re.search(r"Threads:\s+(\d+)", out.stdout)
-    return {"t": time.time(), "pid": pid, "rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None,
-            "threads": int(threads.group(1)) if threads else None, "fds": int(out.stdout.split()[-1])}
+def _descendants(pid1: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                kids.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [pid1]
+    while todo:
+        out.append(todo.pop())
+        todo += kids.get(out[-1], [])
+    return out
+
+
+def sample(m: Machine, in_calls: int) -> dict | None:
+    """The assistant's memory, threads and open files, read from the host's /proc: nothing is started
+    in the container (a probe process every few seconds there disturbed the calls)."""
+    for pid in _descendants(m.pid1):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if not (any(c.endswith(b"/ivr") for c in cmd) and b"serve" in cmd):
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+        rss, threads = re.search(r"VmRSS:\s+(\d+)", status), re.search(r"Threads:\s+(\d+)", status)
+        return {"t": time.time(), "pid": pid, "rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None,
+                "threads": int(threads.group(1)) if threads else None, "fds": fds, "in_calls": in_calls}
+    return None
 
 
 def records(m: Machine, since: float) -> dict:
@@ -141,8 +166,10 @@ def inject(m: Machine, fault: str) -> dict:
     return {"fault": fault, "at": round(time.time(), 1), "back_after_s": round(back, 1)}
 
 
-def growth(samples: list[dict], warmup_s: float) -> dict:
-    """Per assistant process: first sample after warm-up against the last one."""
+def growth(samples: list[dict], warmup_s: float, window_s: float = 300) -> dict:
+    """Per assistant process, after warm-up: the first sample against the last one, and (at equal
+    load: the memory follows the calls in progress) the median of the first `window_s` against that
+    of the last, over samples taken with every caller in a call."""
     out = []
     for pid in dict.fromkeys(s["pid"] for s in samples):
         mine = [s for s in samples if s["pid"] == pid]
@@ -150,8 +177,18 @@ def growth(samples: list[dict], warmup_s: float) -> dict:
         if len(warm) < 2:
             continue
         a, b = warm[0], warm[-1]
+        full = max(s["in_calls"] for s in warm)
+        loaded = [s for s in warm if s["in_calls"] == full]
+        first = [s["rss_mb"] for s in loaded if s["t"] - a["t"] <= window_s]
+        last = [s["rss_mb"] for s in loaded if b["t"] - s["t"] <= window_s]
+        equal = None
+        if b["t"] - a["t"] >= 2 * window_s and first and last:
+            m0, m1 = float(np.median(first)), float(np.median(last))
+            equal = {"callers_in_calls": full, "rss_mb_median": [round(m0, 1), round(m1, 1)],
+                     "samples": [len(first), len(last)], "rss_growth_pct": round(100 * (m1 - m0) / m0, 1)}
         out.append({"pid": pid, "minutes": round((b["t"] - a["t"]) / 60, 1), "rss_mb": [a["rss_mb"], b["rss_mb"]],
                     "rss_growth_pct": round(100 * (b["rss_mb"] - a["rss_mb"]) / a["rss_mb"], 1),
+                    "at_equal_load": equal,
                     "threads": [a["threads"], b["threads"]], "fds": [a["fds"], b["fds"]],
                     "threads_max": max(s["threads"] for s in warm), "fds_max": max(s["fds"] for s in warm)})
     return out
@@ -188,7 +225,7 @@ def main() -> None:
                     if plan and time.time() >= plan[0][0]:
                         done.append(inject(m, plan.pop(0)[1]))
                         print(json.dumps(done[-1]), file=sys.stderr, flush=True)
-                    s = sample(m)
+                    s = sample(m, IN_CALLS[0])
                     if s:
                         samples.append(s)
                     time.sleep(10)
