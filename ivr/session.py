@@ -387,7 +387,7 @@ class CallSession:
         wait_s = float(self.e.cfg["turn"]["unfinished_wait_ms"]) / 1000
         cut = bool(wait_s) and unfinished(tr.text)
         unsure = bool(wait_s) and not cut and bool(self.e.cfg["turn"]["hold_unsure"]) \
-            and getattr(self.conversation, "unsure", lambda *a: False)(tr.text, tr.alternatives)
+            and self.conversation.unsure(tr.text, tr.alternatives)
         cut = cut or unsure
         if resumed or cut or self.segmenter.active:
             # speech starting (not confirmed yet) holds it too: "Oui, | c'est bien ça." If what starts

@@ -231,6 +231,12 @@ def main() -> None:
                     time.sleep(10)
                 time.sleep(3)                              # the last records are written
                 out["records"] = records(m, start - 1)
+                # why each assistant process ended: the faults, and any other restart (watchdog, crash)
+                log = m.run("journalctl", "-u", "mairie-assistant", "--no-pager", "-o", "short-monotonic",
+                            check=False).stdout.splitlines()
+                out["assistant_ends"] = [line for line in log if re.search(
+                    r"watchdog|Main process exited|Failed with result|Traceback|CRITICAL|Killed|dumped core|oom|"
+                    r"Scheduled restart", line, re.I)][-40:]
         finally:
             m.close()
     silences = sorted(x for r in results for x in r["silences_s"])
