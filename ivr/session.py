@@ -388,13 +388,13 @@ class CallSession:
         cut = bool(wait_s) and unfinished(tr.text)
         unsure = bool(wait_s) and not cut and bool(self.e.cfg["turn"]["hold_unsure"]) \
             and self.conversation.unsure(tr.text, tr.alternatives)
-        cut = cut or unsure
-        if resumed or cut or self.segmenter.active:
+        if resumed or cut or unsure or self.segmenter.active:
             # speech starting (not confirmed yet) holds it too: "Oui, | c'est bien ça." If what starts
             # turns out to be nothing, the turn is answered as it is, as soon as the VAD lets go of it
-            deadline = None if resumed else max(ev.t_end - ev.silence_ms / 1000 + (wait_s if cut else 0), self._t)
+            wait = wait_s if cut or unsure else 0.0
+            deadline = None if resumed else max(ev.t_end - ev.silence_ms / 1000 + wait, self._t)
             self._held = HeldTurn(ev, deadline)
-            self._emit("turn-held", text=tr.text, resumed=resumed, unfinished=cut and not unsure, unsure=unsure)
+            self._emit("turn-held", text=tr.text, resumed=resumed, unfinished=cut, unsure=unsure)
             return
         if self.inline:
             # a simulation runs the ASR between two frames: the caller's next words during the time it
