@@ -125,6 +125,10 @@ class SipServer:
 
         end = time.monotonic() + duration if duration else None
         armed = written = 0.0
+        stalled = False
+        # a SIP loop that stops turning is a hang: every thread's stack goes to the log (a C-level
+        # timer, which works even if Python itself is stuck), before the watchdog's kill if it has one
+        hang_s = 0.8 * 3 * self.notifier.watchdog_s or 30.0
         while not self.stopping.is_set() and (end is None or time.monotonic() < end):
             self.ep.libHandleEvents(10)
             self._run_commands()
@@ -135,11 +139,15 @@ class SipServer:
             if self.media_alive():
                 # systemd restarts an assistant that stops pinging: a dead SIP loop or a stuck media path
                 self.notifier.ping()
+                stalled = False
+            elif not stalled:
+                stalled = True
+                log.error("media path stalled: no frame for %.1f s (%s); every thread's stack follows",
+                          time.monotonic() - self.media_tick, ", ".join(
+                              f"call {pid} port={c.port is not None} done={c.done}" for pid, c in self.calls.items()))
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
             if time.monotonic() - armed > 1.0:
-                # a SIP loop that stops turning is a hang: then every thread's stack goes to the log (a
-                # C-level timer, which works even if Python itself is stuck; seen once in a test run on
-                # 30 November 2026, cause unknown)
-                faulthandler.dump_traceback_later(30, exit=False, file=sys.stderr)
+                faulthandler.dump_traceback_later(hang_s, exit=False, file=sys.stderr)
                 armed = time.monotonic()
         faulthandler.cancel_dump_traceback_later()
         self.shutdown()
@@ -448,6 +456,7 @@ def serve(cfg, duration: float | None = None, clock=None) -> None:
     import faulthandler
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)      # kill -USR1: every thread's stack
+    faulthandler.enable(all_threads=True)       # a crash, or the watchdog's SIGABRT: every thread's stack too
     from ivr.monitoring import start_monitoring
 
     start_monitoring(cfg, server)      # /metrics and /health ([monitoring])

@@ -237,6 +237,10 @@ def main() -> None:
                 out["assistant_ends"] = [line for line in log if re.search(
                     r"watchdog|Main process exited|Failed with result|Traceback|CRITICAL|Killed|dumped core|oom|"
                     r"Scheduled restart", line, re.I)][-40:]
+                # and the stacks written just before each end (faulthandler: a stall, a crash, the watchdog)
+                stack = re.compile(r"stalled|Fatal Python|Timeout \(|Thread 0x|Current thread|  File ")
+                out["assistant_stacks"] = [[line for line in log[max(0, i - 300):i] if stack.search(line)][-120:]
+                                           for i, line in enumerate(log) if "Main process exited" in line]
         finally:
             m.close()
     silences = sorted(x for r in results for x in r["silences_s"])

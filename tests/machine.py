@@ -94,7 +94,7 @@ class Machine:
         raise AssertionError(f"{unit} not back after {timeout} s: {self.show(unit)}\n{self.journal(unit)}")
 
     def journal(self, unit: str) -> str:
-        return self.run("journalctl", "-u", unit, "--no-pager", "-n", "60", check=False).stdout
+        return self.run("journalctl", "-u", unit, "--no-pager", "-n", "600", check=False).stdout
 
     def reboot(self) -> None:
         self.run("systemctl", "reboot", check=False)
