@@ -287,9 +287,10 @@ class Transcriber:
         return time.perf_counter() - t
 
     def transcribe(self, pcm: np.ndarray, sample_rate: int, hint: str | None = None,
-                   force: bool = False, alone: bool = False) -> Transcript:
+                   force: bool = False, alone: bool = False, prompt: str | None = None) -> Transcript:
         """`hint`: what the caller is expected to say now (e.g. "Oui. Non."), added to the end of the
-        prompt (the commune's vocabulary): a caller may still ask a question instead. `force`: skip
+        prompt (the commune's vocabulary): a caller may still ask a question instead. `prompt`: another
+        commune's vocabulary than this transcriber's own. `force`: skip
         the speech gates (warm-up). `alone`: no other call is in progress, so with the ASR idle this
         turn may have every core."""
         from audio.pcm import pcm_to_float, resample, rms_dbfs
@@ -302,7 +303,7 @@ class Transcriber:
                 return Transcript("", 0.0, 1.0, audio_s, 0.0, rejected="no_speech")
         audio = pcm_to_float(resample(pcm, sample_rate, 16000))
         if audio_s > 30:         # longer than Whisper's window (not an utterance: a file): 30 s pieces
-            parts = [self.transcribe(pcm[i:i + 30 * sample_rate], sample_rate, hint, force, alone)
+            parts = [self.transcribe(pcm[i:i + 30 * sample_rate], sample_rate, hint, force, alone, prompt)
                      for i in range(0, len(pcm), 30 * sample_rate)]
             kept = [p for p in parts if p.text]
             return Transcript(" ".join(p.text for p in kept), min((p.confidence for p in kept), default=0.0),
@@ -310,7 +311,8 @@ class Transcriber:
                               rejected=None if kept else parts[0].rejected, window_s=30)
         window = int(self.cfg.get("window_s", 0)) or self.window_for(audio_s)
         t0 = time.perf_counter()
-        prompt_text = f"{self.prompt} {hint}".strip() if hint else self.prompt
+        base = self.prompt if prompt is None else prompt
+        prompt_text = f"{base} {hint}".strip() if hint else base
         with self._count:
             solo = alone and self.solo is not None and self._queued == 0
             self._queued += 1
@@ -333,7 +335,7 @@ class Transcriber:
         text, avg_logprob, no_speech, temperature, alternatives = result
         tr = Transcript(text, 0.0, no_speech, audio_s, asr_ms, window_s=window, temperature=temperature,
                         avg_logprob=round(avg_logprob, 3), alternatives=alternatives, wait_ms=round(wait_ms, 1))
-        tr.rejected = None if force else self._reject(text, avg_logprob, no_speech, self.prompt)
+        tr.rejected = None if force else self._reject(text, avg_logprob, no_speech, base)
         if tr.rejected or not text:
             tr.text, tr.rejected = "", tr.rejected or "empty"
             return tr

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from ivr.communes import load_communes
 from ivr.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,11 @@ def setup_logging(cfg: Config, verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
-def build_dialogue(cfg: Config, today: dt.date | None = None, progress=None):
+def build_dialogue(cfg: Config, today: dt.date | None = None, progress=None, corpus_dir=None):
     from dialogue.corpus import load_corpus
     from dialogue.search import load_index, make_embedder
 
-    corpus = load_corpus(cfg.corpus_dir, today)
+    corpus = load_corpus(corpus_dir or cfg.corpus_dir, today)
     index, built = load_index(corpus, make_embedder(cfg["dialogue"]["embedding"]), cfg.cache_dir, progress)
     if built:
         log.info("FAQ index built: %d entries", len(corpus.entries))
@@ -39,14 +40,15 @@ class Knowledge:
     new version is built in the background while calls go on with the old one; an edit that does not
     load is logged and the previous version keeps serving."""
 
-    def __init__(self, cfg: Config, clock=None, check_every_s: float = 30.0, on_reload=None):
+    def __init__(self, cfg: Config, clock=None, check_every_s: float = 30.0, on_reload=None, corpus_dir=None):
         from dialogue.corpus import fingerprint
 
         self.cfg, self.check_every_s, self.on_reload = cfg, check_every_s, on_reload
+        self.corpus_dir = corpus_dir or cfg.corpus_dir
         self.clock = clock or dt.datetime.now
-        self._fingerprint = lambda: fingerprint(cfg.corpus_dir)
+        self._fingerprint = lambda: fingerprint(self.corpus_dir)
         self._key = (self.clock().date(), self._fingerprint())
-        self._pair = build_dialogue(cfg, self._key[0])   # (corpus, index), swapped as one
+        self._pair = build_dialogue(cfg, self._key[0], corpus_dir=self.corpus_dir)   # (corpus, index), swapped as one
         self.error: str | None = None           # why the latest edit was refused, until a good one
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -57,10 +59,10 @@ class Knowledge:
         and at once when a corpus file's date or size changes (an edit saved from the console), which
         costs a stat per file every poll_s."""
         def loop():
-            stamp, last = _stamp(self.cfg.corpus_dir), time.monotonic()
+            stamp, last = _stamp(self.corpus_dir), time.monotonic()
             while not self._stop.wait(poll_s):
                 try:
-                    now = _stamp(self.cfg.corpus_dir)
+                    now = _stamp(self.corpus_dir)
                     if now != stamp or time.monotonic() - last >= self.check_every_s:
                         stamp, last = now, time.monotonic()
                         self.refresh()
@@ -95,7 +97,7 @@ class Knowledge:
         from dialogue.corpus import CorpusError
 
         try:
-            pair = build_dialogue(self.cfg, key[0])
+            pair = build_dialogue(self.cfg, key[0], corpus_dir=self.corpus_dir)
         except CorpusError as e:
             self.error = str(e)
             log.error("corpus edit refused, the previous version keeps answering: %s", e)
@@ -105,7 +107,7 @@ class Knowledge:
             log.exception("corpus reload failed, the previous version keeps answering")
             return
         self._pair, self.error = pair, None
-        log.info("corpus reloaded for %s: %d entries", key[0].isoformat(), len(pair[0].entries))
+        log.info("corpus %s reloaded for %s: %d entries", self.corpus_dir.name, key[0].isoformat(), len(pair[0].entries))
         if self.on_reload:
             self.on_reload(pair[0])
 
@@ -140,8 +142,11 @@ def build_engines(cfg: Config, store=None, clock=None):
     from tts.synthesizer import Speaker, make_synthesizer
 
     store = store or Store(cfg.db_path)
-    knowledge = Knowledge(cfg, clock)
-    knowledge.start_watching()
+    communes = load_communes(cfg)
+    knowledges = {cid: Knowledge(cfg, clock, corpus_dir=c.corpus_dir) for cid, c in communes.items()}
+    for k in knowledges.values():
+        k.start_watching()
+    knowledge = next(iter(knowledges.values()))
     transcriber = Transcriber(cfg["asr"], cfg.models_dir, prompt=asr_prompt(knowledge.corpus), cache_dir=cfg.cache_dir)
     knowledge.on_reload = lambda corpus: setattr(transcriber, "prompt", asr_prompt(corpus) if transcriber.prompt else "")
     synth = make_synthesizer(cfg["tts"], cfg.models_dir)
@@ -149,13 +154,15 @@ def build_engines(cfg: Config, store=None, clock=None):
                       cache_dir=cfg.cache_dir / "tts" if cfg["tts"]["cache"] else None,
                       emphasis=float(cfg["tts"].get("emphasis", 0.0)))
 
-    def new_conversation(call_id=None, caller=""):
-        corpus, index = knowledge.current()
+    def new_conversation(call_id=None, caller="", commune=""):
+        corpus, index = knowledges.get(commune, knowledge).current()
         return Conversation(corpus, index, cfg["dialogue"], store=store, call_id=call_id, clock=clock, caller=caller)
 
     return Engines(cfg=cfg, transcriber=transcriber, speaker=speaker, new_conversation=new_conversation,
                    store=store, recordings_dir=cfg.data_dir / "recordings", knowledge=knowledge,
-                   turn_model=build_turn_model(cfg))
+                   turn_model=build_turn_model(cfg), communes=communes, knowledges=knowledges,
+                   prompt_for=lambda commune: asr_prompt(knowledges[commune].corpus)
+                   if transcriber.prompt and knowledges.get(commune, knowledge) is not knowledge else None)
 
 
 def build_turn_model(cfg: Config):
@@ -207,6 +214,8 @@ def warm_engines(engines) -> dict:
     fresh = engines.new_conversation(None)
     for text in (fresh.greet().text, fresh.on_silence().text, "Je vous passe un agent, ne quittez pas."):
         engines.speaker.say(text)
+    for commune in list(engines.communes)[1:]:       # several communes: each one's own greeting
+        engines.speaker.say(engines.new_conversation(None, "", commune).greet().text)
     took["tts"] = time.perf_counter() - t
     took = {k: round(v, 2) for k, v in took.items()}
     log.info("models warm in %.1f s %s", sum(took.values()), took)

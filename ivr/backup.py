@@ -68,8 +68,11 @@ def backup(cfg, out: Path) -> dict:
             dst.close()
             src.close()
         items.append(("ivr.db", snap))
-        for folder, prefix in ((cfg.data_dir / "recordings", "recordings"), (cfg.data_dir / "secrets", "secrets"),
-                               (cfg.corpus_dir, "corpus")):
+        folders = [(cfg.data_dir / "recordings", "recordings"), (cfg.data_dir / "secrets", "secrets"),
+                   (cfg.corpus_dir, "corpus")]
+        if cfg["paths"].get("communes"):               # several communes: each one's knowledge
+            folders.append((Path(cfg["paths"]["communes"]).resolve(), "communes"))
+        for folder, prefix in folders:
             if folder.is_dir():
                 for p in sorted(folder.rglob("*")):
                     if p.is_file() and not p.is_symlink():
@@ -154,11 +157,13 @@ def restore(cfg, archive: Path, force: bool = False, settings: Path | None = Non
             Path(f"{cfg.db_path}{suffix}").unlink(missing_ok=True)
         shutil.move(str(stage / "ivr.db"), cfg.db_path)
         placed["base de données"] = cfg.db_path
-        for sub, dest in (("recordings", data / "recordings"), ("secrets", data / "secrets"), ("corpus", corpus)):
-            if not (stage / sub).is_dir():
+        communes = Path(cfg["paths"]["communes"]).resolve() if cfg["paths"].get("communes") else None
+        for sub, dest in (("recordings", data / "recordings"), ("secrets", data / "secrets"), ("corpus", corpus),
+                          ("communes", communes)):
+            if not (stage / sub).is_dir() or dest is None:
                 continue
             in_use = dest.exists() and any(dest.iterdir())
-            if in_use and sub == "corpus" and not force:
+            if in_use and sub in ("corpus", "communes") and not force:
                 dest = _aside(dest)
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(stage / sub, dest)

@@ -206,7 +206,10 @@ def console(cfg, bind, port):
     from ivr.store import start_daily_purge
 
     app = create_app(cfg)
-    start_daily_purge(app.extensions["ivr"]["store"], int(cfg["call"]["retention_days"]))
+    from ivr.communes import load_communes, retention
+
+    start_daily_purge(app.extensions["ivr"]["store"], int(cfg["call"]["retention_days"]),
+                      communes=retention(load_communes(cfg)))
     if cfg["alerts"]["enabled"]:
         from ivr.alerts import Watcher
 
@@ -277,12 +280,18 @@ def _password(from_stdin: bool, prompt: str) -> str:
 @users.command("add")
 @click.argument("name")
 @click.option("--role", type=click.Choice(["admin", "agent"]), required=True)
+@click.option("--commune", default="", help="Several communes on this install: the only one it sees (default: all).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.pass_obj
-def users_add(cfg, name, role, password_stdin):
+def users_add(cfg, name, role, commune, password_stdin):
     """Create an account (the password is asked for, or read from stdin)."""
-    _accounts(cfg).add(name, role, _password(password_stdin, "Mot de passe"))
-    click.echo(f"Compte {name} créé ({role}).")
+    from ivr.communes import load_communes
+
+    if commune and commune not in load_communes(cfg):
+        raise click.BadParameter(f"commune inconnue : {commune} (communes : {', '.join(load_communes(cfg))})",
+                                 param_hint="--commune")
+    _accounts(cfg).add(name, role, _password(password_stdin, "Mot de passe"), commune)
+    click.echo(f"Compte {name} créé ({role}{', ' + commune if commune else ''}).")
 
 
 @users.command("password")
@@ -563,7 +572,10 @@ def purge(cfg, days):
     """Delete call records and recordings older than the retention limit."""
     from ivr.store import Store
 
-    res = Store(cfg.db_path).purge(days if days is not None else int(cfg["call"]["retention_days"]))
+    from ivr.communes import load_communes, retention
+
+    res = Store(cfg.db_path).purge(days if days is not None else int(cfg["call"]["retention_days"]),
+                                   None if days is not None else retention(load_communes(cfg)))
     click.echo(json.dumps(res))
 
 

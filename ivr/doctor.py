@@ -711,8 +711,38 @@ def check_security(cfg) -> Result:
     return Result("security", status, " ; ".join(f[1] for f in problems), " ; ".join(f[2] for f in problems))
 
 
+def check_communes(cfg) -> Result:
+    """Several communes on one install: each one's knowledge loads, and has a number to be reached by."""
+    from dialogue.corpus import CorpusError, load_corpus
+    from ivr.communes import load_communes
+    from ivr.config import ConfigError
+
+    try:
+        communes = load_communes(cfg)
+    except ConfigError as exc:
+        return Result("communes", FAIL, str(exc), "corrigez [paths] communes ou les commune.yaml (docs/communes.md)")
+    if len(communes) == 1:
+        return Result("communes", OK, f"une commune ({next(iter(communes.values())).corpus_dir})")
+    broken, unreachable = [], []
+    for i, c in enumerate(communes.values()):
+        try:
+            load_corpus(c.corpus_dir)
+        except CorpusError as exc:
+            broken.append(f"{c.id} ({exc.problems[0] if getattr(exc, 'problems', None) else exc})")
+        if not c.numbers and i:
+            unreachable.append(c.id)
+    listed = ", ".join(f"{c.name} ({', '.join(c.numbers) or 'numéro par défaut'})" for c in communes.values())
+    if broken:
+        return Result("communes", FAIL, "connaissances illisibles : " + "; ".join(broken),
+                      "ivr corpus check sur ce dossier, puis corrigez ; l'assistant refuse de démarrer")
+    if unreachable:
+        return Result("communes", WARN, f"aucun numéro pour {', '.join(unreachable)} : ses appelants ne l'atteignent "
+                      f"pas ; {listed}", "ajoutez ses numéros à commune.yaml (commune.numeros)")
+    return Result("communes", OK, f"{len(communes)} communes : {listed}")
+
+
 CHECKS = [("asterisk", check_asterisk), ("assistant", check_assistant), ("trunk", check_trunk),
-          ("desks", check_desks), ("models", check_models), ("disk", check_disk),
+          ("desks", check_desks), ("communes", check_communes), ("models", check_models), ("disk", check_disk),
           ("database", check_database), ("console", check_console), ("certificate", check_certificate),
           ("clock", check_clock), ("security", check_security)]
 LABELS = {"asterisk": "Standard (Asterisk)", "assistant": "Assistant (ivr serve)", "trunk": "Ligne de l'opérateur",

@@ -276,7 +276,8 @@ type = acl
 deny = 0.0.0.0/0.0.0.0
 permit = 127.0.0.0/8
 {''.join(f'permit = {n}' + chr(10) for n in t['acl'])}"""
-    exts = "".join(f"exten => {n},1,Goto(from-trunk,100,1)\n" for n in t["numbers"])
+    exts = "".join(f"exten => {n},1,Set(__MAIRIE_NUMERO={n})\n same => n,Goto(from-trunk,100,1)\n"
+                   for n in t["numbers"])
     dialplan = f"""; --- calls from the operator, written from [trunk] (ivr pbx config): do not edit here -----
 ; Only the commune's numbers are answered; anything else is refused, and no context of this
 ; dialplan ever dials the trunk: nothing can be called out through it.

@@ -26,6 +26,7 @@ from asr.vad import (BargeIn, SpeechEnded, SpeechPaused, SpeechStarted, TurnChec
 from audio.pcm import frame_samples, rms_dbfs
 from dialogue.unfinished import unfinished
 from ivr import monitoring
+from ivr.communes import desk_extension
 from ivr.echo import EchoMeter
 from ivr.recording import RecordingWriter
 from ivr.store import storage_failed
@@ -53,6 +54,9 @@ class Engines:
     live: set = field(default_factory=set)   # ids of the calls in progress
     turn_model: object = None      # asr.turn.SmartTurn: has the caller finished? (None: a fixed silence)
     turn_pool: ThreadPoolExecutor | None = None   # where it runs, off the media path (made on first use)
+    communes: dict = field(default_factory=dict)    # ivr.communes.Commune by id ({"": ...} for one commune)
+    knowledges: dict = field(default_factory=dict)  # their Knowledge, by id
+    prompt_for: Callable[[str], str | None] = lambda commune: None   # a commune's ASR prompt (None: the default)
 
     def check_turn(self, audio: np.ndarray, rate: int, done: Callable[[float | None], None]) -> None:
         """The turn model on `audio`, off the calling thread; `done` gets its verdict (None: it failed)."""
@@ -88,9 +92,11 @@ class CallSession:
                  on_transfer: Callable[[str, str | None], None] | None = None,
                  on_hangup: Callable[[str], None] | None = None,
                  on_event: Callable[[SessionEvent], None] | None = None,
-                 inline: bool = False, executor: ThreadPoolExecutor | None = None, returned: dict | None = None):
+                 inline: bool = False, executor: ThreadPoolExecutor | None = None, returned: dict | None = None,
+                 commune: str = ""):
         """`returned`: the caller comes back after a transfer that failed: {"extension", "status" (the
-        dialplan's DIALSTATUS: BUSY, NOANSWER, CHANUNAVAIL...), "call" (the call it came from)}."""
+        dialplan's DIALSTATUS: BUSY, NOANSWER, CHANUNAVAIL...), "call" (the call it came from)}.
+        `commune`: the commune called, on an install that serves several (ivr/communes.py)."""
         cfg = engines.cfg
         self.e = engines
         self.rate = int(cfg["audio"]["sample_rate"])
@@ -107,10 +113,14 @@ class CallSession:
         self._lost = 0                      # record writes that failed (full disk...): logged, call goes on
         self._start_args = (transport, caller, (returned or {}).get("call"))
         self.call_id = uuid.uuid4().hex[:16]
+        self.commune = commune
         self._stored = self._save("call start", self.store.start_call, transport, caller, call_id=self.call_id,
-                                  returned_from=self._start_args[2]) is not None
+                                  returned_from=self._start_args[2], commune=commune) is not None
         engines.live.add(self.call_id)
-        self.conversation = engines.new_conversation(self.call_id, caller)
+        self.conversation = engines.new_conversation(self.call_id, caller, commune)
+        self._prompt = engines.prompt_for(commune)     # its own words for the ASR (None: the default)
+        # several communes: "the desk" is the called commune's own reception (services.accueil.poste)
+        self._desk = desk_extension(self.conversation.corpus) if len(engines.communes) > 1 else None
         self.on_transfer, self.on_hangup, self.on_event = on_transfer, on_hangup, on_event
         self.inline = inline
         self._own_executor = executor is None and not inline
@@ -305,7 +315,8 @@ class CallSession:
             if not self.ended and future.set_running_or_notify_cancel():
                 try:
                     t0 = time.perf_counter()
-                    tr = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint, alone=len(self.e.live) <= 1)
+                    tr = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint, alone=len(self.e.live) <= 1,
+                                                       prompt=self._prompt)
                     took["s"] = time.perf_counter() - t0
                     future.set_result(tr)
                 except Exception as exc:
@@ -372,7 +383,8 @@ class CallSession:
             except Exception:       # the guess failed: transcribe again (a second failure is the turn's)
                 log.exception("call %s: early transcription failed", self.call_id)
         if tr is None:
-            tr = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint, alone=len(self.e.live) <= 1)
+            tr = self.e.transcriber.transcribe(ev.audio, self.rate, hint=hint, alone=len(self.e.live) <= 1,
+                                               prompt=self._prompt)
             speculative = False
         asr_ms = (time.perf_counter() - ended_at) * 1000      # what the caller waited for, after the endpoint
         self._emit("asr", text=tr.text, confidence=tr.confidence, rejected=tr.rejected, ms=round(asr_ms),
@@ -506,7 +518,7 @@ class CallSession:
             self._transfer_reason = reason
             self._emit("transfer", summary=reason)
             if self.on_transfer:
-                self.on_transfer(self.summary(reason), self._transfer_to)
+                self.on_transfer(self.summary(reason), self._transfer_to or self._desk)
             self.close("transfer")
         else:
             self.close(reason)

@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ivr.communes import commune_for
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,12 @@ def returned_call(invite: str) -> dict | None:
     value = m.group(1).strip()
     get = lambda key: (re.search(rf"(?:^|;){key}=([\w-]+)", value) or [None, ""])[1]  # noqa: E731
     return {"extension": get("poste"), "status": get("statut").upper(), "call": get("ivr-call") or None}
+
+
+def dialled_number(invite: str) -> str:
+    """The public number the caller dialled, which the dialplan passes in X-Mairie-Numero."""
+    m = re.search(r"^X-Mairie-Numero:\s*([+\w.-]*)\s*$", invite, re.M | re.I)
+    return m.group(1) if m else ""
 
 
 class SipServer:
@@ -239,6 +247,9 @@ def _make_account(server: SipServer):
 
         def onIncomingCall(self, prm):
             call = _make_call(server, self, prm.callId)
+            # several communes on one install: the number dialled picks the caller's
+            call.commune = commune_for(server.engines.communes, dialled_number(prm.rdata.wholeMsg)).id \
+                if len(server.engines.communes) > 1 else ""
             op = pj.CallOpParam()
             overloaded = server.engines.transcriber.backlog_s() > float(server.sip.get("overload_backlog_s", 3.0))
             if len(server.calls) >= int(server.sip["max_calls"]) or server.stopping.is_set() or overloaded:
@@ -248,7 +259,8 @@ def _make_account(server: SipServer):
                 log.warning("call declined (%s): the desk takes it", why)
                 store = server.engines.store   # every call leaves a record, declined ones too
                 try:
-                    store.end_call(store.start_call("sip", call.getInfo().remoteUri), "declined", why, 0.0)
+                    store.end_call(store.start_call("sip", call.getInfo().remoteUri, commune=call.commune),
+                                   "declined", why, 0.0)
                 except Exception as exc:       # a full disk: the caller goes to the desk all the same
                     from ivr.store import storage_failed
 
@@ -305,6 +317,7 @@ def _make_call(server: SipServer, account, call_id: int):
             self.transferring = False
             self.done = False
             self.returned = None         # a caller back from a transfer that failed (X-Mairie-Retour)
+            self.commune = ""            # the commune called (several on one install)
 
         @property
         def session(self):
@@ -319,7 +332,8 @@ def _make_call(server: SipServer, account, call_id: int):
                     self.box.session = CallSession(
                         server.engines, transport="sip", caller=ci.remoteUri,     # one worker per call: turns in order
                         on_transfer=lambda summary, ext=None: server.commands.put(lambda: server.transfer(pid, summary, ext)),
-                        on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)), returned=self.returned)
+                        on_hangup=lambda reason: server.commands.put(lambda: server.hangup(pid)), returned=self.returned,
+                        commune=self.commune)
                 except Exception:
                     # no session, no voice: our BYE makes the dialplan hand the caller to the desk
                     log.exception("call from %s: the session could not start, the desk takes it", ci.remoteUri)
@@ -430,7 +444,9 @@ def serve(cfg, duration: float | None = None, clock=None) -> None:
         loading.clear()
     from ivr.store import start_daily_purge
 
-    start_daily_purge(engines.store, int(cfg["call"]["retention_days"]))
+    from ivr.communes import retention
+
+    start_daily_purge(engines.store, int(cfg["call"]["retention_days"]), communes=retention(engines.communes))
     from ivr.store import storage_failed
 
     try:

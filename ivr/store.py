@@ -114,9 +114,17 @@ def _m_alerts(db: sqlite_utils.Database) -> None:
     db["alerts"].create_index(["kind", "at"])
 
 
+def _m_communes(db: sqlite_utils.Database) -> None:
+    # several communes on one install: the commune a call was for, the one a console account sees
+    # ("": the only commune, or every commune for an account)
+    db["calls"].add_column("commune", str, not_null_default="")
+    db["users"].add_column("commune", str, not_null_default="")
+    db["calls"].create_index(["commune", "started_at"])
+
+
 MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2), ("003_console", _m3),
               ("004_callback_service", _m4), ("005_unheard_speech", _m5), ("006_returned_calls", _m6),
-              ("007_alerts", _m_alerts)]
+              ("007_alerts", _m_alerts), ("008_communes", _m_communes)]
 
 
 class Store:
@@ -143,11 +151,12 @@ class Store:
 
     # --- calls ------------------------------------------------------------------------------------
     def start_call(self, transport: str, caller: str = "", call_id: str | None = None,
-                   returned_from: str | None = None) -> str:
+                   returned_from: str | None = None, commune: str = "") -> str:
         call_id = call_id or uuid.uuid4().hex[:16]
         with self._lock:
             self.db["calls"].insert({"id": call_id, "started_at": now_iso(), "transport": transport,
-                                     "caller": caller, "status": "active", "returned_from": returned_from})
+                                     "caller": caller, "status": "active", "returned_from": returned_from,
+                                     "commune": commune})
         return call_id
 
     def end_call(self, call_id: str, outcome: str, reason: str, duration_s: float,
@@ -224,11 +233,20 @@ class Store:
                                                 "service": service or None, "status": "à rappeler",
                                                 "created_at": now_iso()}).last_pk
 
-    def purge(self, older_than_days: int) -> dict:
-        """Retention: delete calls (and their turns, events, recordings) older than the limit."""
-        cutoff = datetime.fromtimestamp(time.time() - older_than_days * 86400, timezone.utc).isoformat()
+    def purge(self, older_than_days: int, communes: dict[str, int] | None = None) -> dict:
+        """Retention: delete calls (and their turns, events, recordings) older than the limit, or than
+        their commune's own limit (`communes`: days by commune id)."""
+        def cutoff_of(days: int) -> str:
+            return datetime.fromtimestamp(time.time() - days * 86400, timezone.utc).isoformat()
+
+        cutoff, own = cutoff_of(older_than_days), {k: v for k, v in (communes or {}).items() if v}
         with self._lock, self.db.conn:
-            old = list(self.db.query("select id, recording from calls where started_at < ?", [cutoff]))
+            marks = ",".join("?" * len(own))
+            old = list(self.db.query(f"select id, recording from calls where started_at < ? and commune not in ({marks})",
+                                     [cutoff, *own]))
+            for commune, days in own.items():
+                old += self.db.query("select id, recording from calls where started_at < ? and commune = ?",
+                                     [cutoff_of(days), commune])
             for row in old:
                 if row["recording"]:
                     Path(row["recording"]).unlink(missing_ok=True)
@@ -238,7 +256,8 @@ class Store:
         return {"calls_deleted": len(old), "cutoff": cutoff}
 
 
-def start_daily_purge(store: Store, retention_days: int, every_s: float = 86400.0) -> threading.Thread:
+def start_daily_purge(store: Store, retention_days: int, every_s: float = 86400.0,
+                      communes: dict[str, int] | None = None) -> threading.Thread:
     """Retention without a cron job: purge now, then once a day, for as long as the process runs."""
     import logging
 
@@ -247,7 +266,7 @@ def start_daily_purge(store: Store, retention_days: int, every_s: float = 86400.
     def loop():
         while True:
             try:
-                res = store.purge(retention_days)
+                res = store.purge(retention_days, communes)
                 if res["calls_deleted"]:
                     log.info("retention: %d call(s) older than %d days deleted", res["calls_deleted"], retention_days)
             except Exception:                      # a locked database must not end the service

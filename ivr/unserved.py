@@ -1,6 +1,6 @@
 """Calls the assistant never saw: while it was down, restarting, unregistered or too slow to answer,
 the bundled Asterisk sends the caller to the desk and writes a file UNIQUEID.call holding
-"EPOCH;UNIQUEID;NUMBER;DIALSTATUS" (asterisk-conf/extensions.conf). They become records here, so that
+"EPOCH;UNIQUEID;NUMBER;DIALSTATUS;DIALLED" (asterisk-conf/extensions.conf). They become records here, so that
 every call has one."""
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from ivr.communes import commune_for, load_communes
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ def import_unserved(cfg, store) -> int:
     Asterisk; those older than a second, so none is read half-written), then remove their files.
     Ids come from Asterisk's: a file read twice (a crash in between) adds nothing twice."""
     rows, done = [], []
+    communes = load_communes(cfg)
     try:
         files = sorted(Path(unserved_dir(cfg)).glob("*.call"))
     except OSError:
@@ -36,14 +39,15 @@ def import_unserved(cfg, store) -> int:
         except OSError:
             continue
         done.append(f)
-        if len(parts) != 4 or not parts[0].isdigit():
+        if len(parts) not in (4, 5) or not parts[0].isdigit():
             log.warning("%s: not a call written by the dialplan, ignored", f)
             continue
-        epoch, unique_id, number, status = parts
+        epoch, unique_id, number, status, dialled = (parts + [""])[:5]
         at = datetime.fromtimestamp(int(epoch), timezone.utc).isoformat(timespec="milliseconds")
         rows.append({"id": "a" + hashlib.sha1(unique_id.encode()).hexdigest()[:15], "started_at": at, "ended_at": at,
                      "transport": "sip", "caller": f"sip:{number}", "status": "ended", "outcome": "declined",
-                     "end_reason": f"assistant_unavailable:{status.lower() or 'nocontact'}", "duration_s": 0.0})
+                     "end_reason": f"assistant_unavailable:{status.lower() or 'nocontact'}", "duration_s": 0.0,
+                     "commune": commune_for(communes, dialled).id if len(communes) > 1 else ""})
     if rows:
         with store._lock:
             store.db["calls"].insert_all(rows, ignore=True)

@@ -44,10 +44,13 @@ esac
 # Paths as the assistant resolves them (settings file, $IVR_DATA), made absolute
 eval "$(.venv/bin/python - <<'PY'
 import shlex
+from pathlib import Path
 from ivr.config import load_config
 c = load_config()
 root = c["pbx"]["asterisk_root"] or str(c.data_dir / "asterisk" / "root")
-for k, v in {"DATA": c.data_dir, "CORPUS": c.corpus_dir, "MODE": c["pbx"]["mode"], "AST_ROOT": root}.items():
+# several communes: their folders are the knowledge the console edits
+corpus = Path(c["paths"]["communes"]).resolve() if c["paths"]["communes"] else c.corpus_dir
+for k, v in {"DATA": c.data_dir, "CORPUS": corpus, "MODE": c["pbx"]["mode"], "AST_ROOT": root}.items():
     print(f"{k}={shlex.quote(str(v))}")
 PY
 )"

@@ -80,8 +80,8 @@ def doctor(ns, env: dict, text: bool = False, **overrides) -> tuple[int, dict | 
     if text:
         return proc.returncode, proc.stdout
     items = json.loads(proc.stdout)
-    assert [i["check"] for i in items] == ["asterisk", "assistant", "trunk", "desks", "models", "disk", "database",
-                                           "console", "certificate", "clock", "security"]
+    assert [i["check"] for i in items] == ["asterisk", "assistant", "trunk", "desks", "communes", "models", "disk",
+                                           "database", "console", "certificate", "clock", "security"]
     assert all(set(i) == {"check", "status", "detail", "fix"} for i in items)
     return proc.returncode, {i["check"]: i for i in items}
 

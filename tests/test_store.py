@@ -10,7 +10,7 @@ def test_schema_is_created_and_migrations_run_once(tmp_path):
     s2 = Store(db)                                     # reopening migrates nothing twice
     names = [r["name"] for r in s2.db["migrations"].rows]
     assert names == ["001_calls_turns_events", "002_reports_callbacks", "003_console", "004_callback_service",
-                     "005_unheard_speech", "006_returned_calls", "007_alerts"]
+                     "005_unheard_speech", "006_returned_calls", "007_alerts", "008_communes"]
     assert {"calls", "turns", "events", "reports", "callbacks", "users", "audit", "deliveries"} <= set(s.db.table_names())
     assert {"service", "done_at", "done_by"} <= set(s.db["callbacks"].columns_dict)
     assert sqlite3.connect(db).execute("pragma journal_mode").fetchone()[0] == "wal"
@@ -28,6 +28,7 @@ def test_a_database_from_before_the_newer_columns_keeps_its_calls(tmp_path, monk
     new = Store(tmp_path / "ivr.db")
     call = new.call(cid)
     assert call["outcome"] == "answered" and call["deaf"] is None and call["returned_from"] is None
+    assert call["commune"] == ""                       # the one commune of an install that had only one
     new.end_call(new.start_call("sip"), "transferred", "transfer", 9.0, unheard_speech_s=2.5, deaf=True)
     assert [r["deaf"] for r in new.db.query("select deaf from calls order by started_at")] == [None, 1]
 
@@ -74,3 +75,15 @@ def test_calls_left_active_by_a_dead_process_are_closed(tmp_path):
     assert s.close_interrupted("sip") == 1
     assert s.call(dead)["outcome"] == "error" and s.call(dead)["end_reason"] == "assistant_restart"
     assert s.call(done)["outcome"] == "answered" and s.call(other)["status"] == "active"
+
+
+def test_each_commune_keeps_its_calls_for_its_own_retention(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    s = Store(tmp_path / "ivr.db")
+    old = (datetime.now(timezone.utc) - timedelta(days=20)).isoformat()
+    for cid, commune in (("a" * 16, "valbois"), ("b" * 16, "montclair")):
+        s.db["calls"].insert({"id": cid, "started_at": old, "transport": "sip", "status": "ended", "commune": commune})
+    assert s.purge(90, {"valbois": 10})["calls_deleted"] == 1
+    assert s.call("a" * 16) is None and s.call("b" * 16) is not None
+    assert s.purge(15)["calls_deleted"] == 1

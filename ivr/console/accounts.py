@@ -40,7 +40,8 @@ class Accounts:
     def __init__(self, store: Store):
         self.store = store
 
-    def add(self, name: str, role: str, password: str) -> None:
+    def add(self, name: str, role: str, password: str, commune: str = "") -> None:
+        """`commune`: on an install that serves several, the only commune the account sees ("": all)."""
         name = name.strip()
         if not name or len(name) > 64 or not name.replace("-", "").replace(".", "").replace("_", "").isalnum():
             raise AccountError("nom invalide (lettres, chiffres, . - _ ; 64 caractères au plus)")
@@ -52,7 +53,7 @@ class Accounts:
             if self.get(name):
                 raise AccountError(f"le compte {name} existe déjà")
             self.store.db["users"].insert({"name": name, "role": role, "pw_hash": _hasher.hash(password),
-                                           "created_at": now_iso()})
+                                           "created_at": now_iso(), "commune": commune})
 
     def set_password(self, name: str, password: str) -> None:
         if not self.get(name):
@@ -69,12 +70,12 @@ class Accounts:
             self.store.db["users"].delete(name)
 
     def get(self, name: str) -> dict | None:
-        rows = list(self.store.db.query("select name, role, created_at, last_login from users where name = ?",
-                                        [name]))
+        rows = list(self.store.db.query("select name, role, commune, created_at, last_login from users "
+                                        "where name = ?", [name]))
         return rows[0] if rows else None
 
     def list(self) -> list[dict]:
-        return list(self.store.db.query("select name, role, created_at, last_login from users order by name"))
+        return list(self.store.db.query("select name, role, commune, created_at, last_login from users order by name"))
 
     def verify(self, name: str, password: str) -> dict | None:
         rows = list(self.store.db.query("select * from users where name = ?", [name]))

@@ -169,6 +169,12 @@ def check_commune(data) -> list[str]:
         p.append(f"Téléphone du standard : « {c['telephone']} » n'est pas un numéro de téléphone.")
     if c.get("site_web") and re.search(r"\s", str(c["site_web"]).strip()):
         p.append("Site internet : l'adresse ne doit pas contenir d'espace.")
+    if "numeros" in c and (not isinstance(c["numeros"], list)
+                           or not all(re.match(r"^\+?[\d .]{2,20}$", str(n)) for n in c["numeros"])):
+        p.append("Numéros appelés : une liste de numéros (chiffres, espaces, points, un + au début).")
+    if "conservation_jours" in c and not (isinstance(c["conservation_jours"], int)
+                                          and 1 <= c["conservation_jours"] <= 3650):
+        p.append("Durée de conservation : un nombre de jours entre 1 et 3650.")
     if "message_accueil" in c:
         msg = str(c.get("message_accueil") or "").strip()
         if not msg:
@@ -793,14 +799,21 @@ def setup_pending(corpus_dir: Path, store) -> bool:
 
 # --- pages ----------------------------------------------------------------------------------------------------
 
-def register_routes(app, cfg, store, admin_only, clock, on_saved) -> None:
-    """The /commune pages, admins only."""
+def register_routes(app, cfg, store, admin_only, clock, on_saved, corpus_dir=None) -> None:
+    """The /commune pages, admins only. `corpus_dir()`: the knowledge folder of the commune shown
+    (several on one install)."""
     from flask import abort, flash, g, redirect, render_template, request, session, url_for
 
     from dialogue.corpus import spoken_hours
     from ivr.console.accounts import audit
 
-    cf = CommuneFile(cfg.corpus_dir)
+    corpus_dir = corpus_dir or (lambda: cfg.corpus_dir)
+
+    class _File:                    # the commune.yaml of the commune the request is about
+        def __getattr__(self, name):
+            return getattr(CommuneFile(corpus_dir()), name)
+
+    cf = _File()
 
     def step_url(step: int) -> str:
         key = GUIDE[step][0]

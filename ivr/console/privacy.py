@@ -17,20 +17,24 @@ def _same(number: str, other: str | None) -> bool:
     return bool(a) and bool(b) and (a == b or a[-9:] == b[-9:] and len(a) >= 9 and len(b) >= 9)
 
 
-def _calls(store: Store, number: str) -> list[str]:
-    return [r["id"] for r in store.db.query("select id, caller from calls") if _same(number, caller_number(r["caller"]))]
+def _calls(store: Store, number: str, commune: str = "") -> list[str]:
+    return [r["id"] for r in store.db.query("select id, caller, commune from calls")
+            if _same(number, caller_number(r["caller"])) and (not commune or r["commune"] == commune)]
 
 
-def export_caller(store: Store, number: str) -> dict:
-    ids = _calls(store, number)
+def export_caller(store: Store, number: str, commune: str = "") -> dict:
+    """Everything kept about a number; `commune`: only what that commune's calls left."""
+    ids = _calls(store, number, commune)
+    theirs = {r["id"] for r in store.db.query("select id from calls where commune = ?", [commune])} if commune else None
+    mine = lambda r, phone: r["call_id"] in ids or _same(number, phone) and (theirs is None or r["call_id"] in theirs)  # noqa: E731
     calls = [store.call(i) for i in ids]
-    reports = [r for r in store.db.query("select * from reports") if r["call_id"] in ids or _same(number, r["callback"])]
-    callbacks = [r for r in store.db.query("select * from callbacks") if r["call_id"] in ids or _same(number, r["phone"])]
+    reports = [r for r in store.db.query("select * from reports") if mine(r, r["callback"])]
+    callbacks = [r for r in store.db.query("select * from callbacks") if mine(r, r["phone"])]
     return {"numero": number, "calls": calls, "reports": reports, "callbacks": callbacks}
 
 
-def delete_caller(store: Store, number: str) -> dict:
-    data = export_caller(store, number)
+def delete_caller(store: Store, number: str, commune: str = "") -> dict:
+    data = export_caller(store, number, commune)
     with store._lock, store.db.conn:
         for c in data["calls"]:
             if c["recording"]:

@@ -59,8 +59,15 @@ def _elapsed(started_at: str) -> float:
 
 
 class Queries:
-    def __init__(self, store: Store):
-        self.store = store
+    """What the console shows. `commune`: only that commune's calls (an account of one commune, on
+    an install that serves several); "" for every call."""
+
+    def __init__(self, store: Store, commune: str = ""):
+        self.store, self.commune = store, commune
+
+    def _mine(self, alias: str = "c") -> tuple[str, list]:
+        """SQL condition (and its argument) keeping this commune's calls."""
+        return (f"{alias}.commune = ?", [self.commune]) if self.commune else ("1 = 1", [])
 
     @property
     def db(self):
@@ -69,7 +76,8 @@ class Queries:
     # --- calls ------------------------------------------------------------------------------------
     def calls(self, since: str = "", until: str = "", outcome: str = "", theme: str = "", text: str = "",
               page: int = 1, unheard: bool = False) -> tuple[list[dict], int]:
-        where, args = ["1 = 1"], []
+        mine, args = self._mine()
+        where = [mine]
         if unheard:         # the caller spoke and (some of) it was not heard: calls to listen to
             where.append("(c.deaf = 1 or c.unheard_speech_s >= 1.0)")
         if since:
@@ -109,9 +117,10 @@ class Queries:
     def live(self, recent_minutes: int = 15) -> list[dict]:
         """Calls talking to the assistant now, and those transferred in the last minutes."""
         since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=recent_minutes)).isoformat()
+        mine, args = self._mine()
         rows = list(self.db.query(
-            "select * from calls where status = 'active' or (outcome = 'transferred' and ended_at >= ?) "
-            "order by started_at desc limit 50", [since]))
+            f"select * from calls c where {mine} and (status = 'active' or (outcome = 'transferred' and ended_at >= ?)) "
+            "order by started_at desc limit 50", args + [since]))
         out = []
         for c in rows:
             turns = list(self.db.query("select speaker, text, theme, action from turns where call_id = ? "
@@ -143,20 +152,24 @@ class Queries:
 
     # --- reports and callbacks ----------------------------------------------------------------------
     def reports(self, status: str = "") -> list[dict]:
+        mine, args = self._mine()
+        cond = f"r.call_id in (select c.id from calls c where {mine})" if self.commune else "1 = 1"
         if status:
-            return list(self.db.query("select * from reports where status = ? order by created_at desc", [status]))
-        return list(self.db.query("select * from reports order by created_at desc"))
+            cond, args = f"{cond} and r.status = ?", args + [status]
+        return list(self.db.query(f"select r.* from reports r where {cond} order by r.created_at desc", args))
 
     def callbacks(self, done: bool = False) -> list[dict]:
         cond = "done_at is not null" if done else "done_at is null"
+        mine, args = self._mine()
         rows = list(self.db.query(f"select cb.*, c.caller from callbacks cb left join calls c on c.id = cb.call_id "
-                                  f"where {cond} order by cb.created_at desc limit 200"))
+                                  f"where {cond} and {mine} order by cb.created_at desc limit 200", args))
         return rows
 
     # --- dashboard ----------------------------------------------------------------------------------
     def figures(self, since: str, until: str) -> dict:
-        args = [since, until]
-        span = "date(started_at, 'localtime') between ? and ?"
+        mine, scope = self._mine()
+        args = [since, until] + scope
+        span = f"date(c.started_at, 'localtime') between ? and ? and {mine}"
         calls = list(self.db.query(f"select c.*, {_THEME} as theme from calls c where {span} "
                                    "order by started_at", args))
         per_day: dict[str, int] = {}
@@ -181,8 +194,7 @@ class Queries:
         sat = {"oui": sum(1 for c in calls if c["satisfaction"] == 1),
                "non": sum(1 for c in calls if c["satisfaction"] == 2)}
         lat = [reply_ms(r["latency_ms"]) for r in self.db.query(
-            "select t.latency_ms from turns t join calls c on c.id = t.call_id where "
-            "date(c.started_at, 'localtime') between ? and ? "
+            f"select t.latency_ms from turns t join calls c on c.id = t.call_id where {span} "
             "and t.speaker = 'assistant' and t.latency_ms is not null", args)]
         lat = sorted(x for x in lat if x is not None)
 
@@ -203,6 +215,7 @@ class Queries:
     def weak_questions(self, since: str = "", low_confidence: float = 0.4) -> list[dict]:
         """Caller turns the assistant clarified, transferred or answered with low confidence, and the
         questions of calls whose caller said "non" to the satisfaction question."""
+        mine, scope = self._mine()
         rows = list(self.db.query(
             "select t.call_id, t.seq, t.text, t.t_start, c.started_at, c.satisfaction, "
             "(select a.action from turns a where a.call_id = t.call_id and a.seq > t.seq "
@@ -210,8 +223,8 @@ class Queries:
             "(select a.confidence from turns a where a.call_id = t.call_id and a.seq > t.seq "
             " and a.speaker = 'assistant' order by a.seq limit 1) as confidence "
             "from turns t join calls c on c.id = t.call_id "
-            "where t.speaker = 'caller' and t.kind = 'speech' and t.text != '' and c.started_at >= ? "
-            "order by c.started_at desc limit 2000", [since or "0"]))
+            f"where t.speaker = 'caller' and t.kind = 'speech' and t.text != '' and c.started_at >= ? and {mine} "
+            "order by c.started_at desc limit 2000", [since or "0"] + scope))
         out = []
         for r in rows:
             why = None

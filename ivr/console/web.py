@@ -54,7 +54,7 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     store = store or _PerThread(lambda: Store(cfg.db_path))
-    accounts, q = Accounts(store), Queries(store)
+    accounts, q = Accounts(store), _Scoped(store)
     clock = clock or dt.datetime.now
     CSRFProtect(app)
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[],
@@ -64,7 +64,21 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     install = Health(cfg)      # refreshed by the alerts watcher that `ivr console` starts
     app.extensions["ivr"] = {"store": store, "cfg": cfg, "health": install}
     rec_dir = (cfg.data_dir / "recordings").resolve()
-    knowledge = _KnowledgeView(cfg, clock)
+    from ivr.communes import load_communes
+
+    communes = load_communes(cfg)
+    views = {cid: _KnowledgeView(cfg, clock, c.corpus_dir) for cid, c in communes.items()}
+
+    def shown() -> str:
+        """The commune whose knowledge and facts the pages show: the account's own, or for an account
+        of every commune the one it chose (the first by default)."""
+        cid = g.get("commune") or session.get("commune_vue") or ""
+        return cid if cid in communes else next(iter(communes))
+
+    def corpus_dir():
+        return communes[shown()].corpus_dir
+
+    knowledge = _Forward(lambda: views[shown()])
     from ivr.console.commune import register_routes, setup_pending
 
     # --- access -------------------------------------------------------------------------------------
@@ -79,12 +93,17 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
                 g.user = accounts.get(user)
                 if role and g.user["role"] != role:
                     abort(403)
+                g.commune = g.user.get("commune") or ""    # an account of one commune sees only its calls
                 return fn(*a, **kw)
             return wrapper
         return deco
 
     admin_only = login_required("admin")
     anyone = login_required()
+
+    def mine(row: dict) -> bool:
+        """A call (or what it left) of the account's commune, or any for an account of every commune."""
+        return not g.commune or (row.get("commune") or "") == g.commune
 
     @app.template_filter("local")
     def local_time(iso: str | None, fmt: str = "%d/%m/%Y %H:%M") -> str:
@@ -100,7 +119,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     def inject():
         me = getattr(g, "user", None)
         return {"me": me, "ROLE_NAMES": ROLE_NAMES, "OUTCOMES": OUTCOMES, "ACTIONS": ACTIONS,
-                "THEMES": THEMES, "commune": knowledge.commune_name(),
+                "THEMES": THEMES, "commune": knowledge.commune_name(), "commune_id": shown(),
+                "communes": [(cid, c.name) for cid, c in communes.items()] if len(communes) > 1 else [],
                 "health_banner": _banner(install) if me and me["role"] == "admin" else None}
 
     @app.after_request
@@ -165,7 +185,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
                 session.permanent = True
                 session["user"] = user["name"]
                 # an admin's first log-in on a new install: the commune's set-up is offered on the home page
-                if user["role"] == "admin" and not before.get("last_login") and setup_pending(cfg.corpus_dir, store):
+                home_dir = communes.get(before.get("commune") or "", next(iter(communes.values()))).corpus_dir
+                if user["role"] == "admin" and not before.get("last_login") and setup_pending(home_dir, store):
                     session["guide_offer"] = True
                 audit(store, user["name"], "connexion")
                 return redirect(suite.rstrip("?") or url_for("home"))
@@ -225,6 +246,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         c = q.call(call_id)
         if not c:
             abort(404)
+        if not mine(c):
+            abort(403)
         admin = g.user["role"] == "admin"
         if not admin and not (c["status"] == "active" or c["outcome"] in ("transferred", "message")):
             abort(403)                # agents see the calls that reach them, not the whole history
@@ -241,6 +264,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         c = store.call(call_id)
         if not c or not c["recording"] or not _inside(rec_dir, c["recording"]):
             abort(404)
+        if not mine(c):
+            abort(403)
         path = Path(c["recording"]).resolve()
         if not path.is_file():
             abort(404)
@@ -261,6 +286,12 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     @app.post("/rappels/<int:cb_id>/fait")
     @anyone
     def callback_done(cb_id):
+        row = list(store.db.query("select c.commune from callbacks cb left join calls c on c.id = cb.call_id "
+                                  "where cb.id = ?", [cb_id]))
+        if not row:
+            abort(404)
+        if not mine(row[0]):
+            abort(403)
         with store._lock:
             store.db["callbacks"].update(cb_id, {"done_at": now_iso(), "done_by": g.user["name"],
                                                  "status": "traité"})
@@ -296,9 +327,13 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         status = request.form.get("statut", "")
         if status not in REPORT_STATUSES:
             abort(400)
-        rows = list(store.db.query("select * from reports where id = ?", [report_id]))
+        rows = list(store.db.query("select r.*, c.commune from reports r left join calls c on c.id = r.call_id "
+                                   "where r.id = ?", [report_id]))
         if not rows:
             abort(404)
+        if not mine(rows[0]):
+            abort(403)
+        rows[0].pop("commune")
         with store._lock:
             store.db["reports"].update(report_id, {"status": status, "updated_at": now_iso(),
                                                    "updated_by": g.user["name"]})
@@ -352,14 +387,14 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
 
         if not re.match(r"^[a-z_]+\.[a-z0-9_]+$", entry_id):
             abort(404)
-        found = find_entry(cfg.corpus_dir, entry_id)
+        found = find_entry(corpus_dir(), entry_id)
         if not found:
             abort(404)
         entry, problems = found[1], []
         if request.method == "POST":
             questions = request.form.get("questions", "").splitlines()
             answer = request.form.get("reponse", "")
-            problems = save_entry(cfg.corpus_dir, entry_id, questions, answer, clock().date().isoformat())
+            problems = save_entry(corpus_dir(), entry_id, questions, answer, clock().date().isoformat())
             if not problems:
                 audit(store, g.user["name"], "modification de fiche", entry_id)
                 knowledge.invalidate()
@@ -394,13 +429,13 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
                 flash("Indiquez un numéro de téléphone complet.")
                 return redirect(url_for("callers"))
             if request.form.get("action") == "exporter":
-                data = export_caller(store, number)
+                data = export_caller(store, number, g.commune)
                 audit(store, g.user["name"], "export des données d'un appelant", hash_tail(number),
                       calls=len(data["calls"]))
                 return Response(json.dumps(data, ensure_ascii=False, indent=1), mimetype="application/json",
                                 headers={"Content-Disposition": "attachment; filename=appelant.json"})
             if request.form.get("action") == "supprimer" and request.form.get("confirmer") == "oui":
-                n = delete_caller(store, number)
+                n = delete_caller(store, number, g.commune)
                 audit(store, g.user["name"], "suppression des données d'un appelant", hash_tail(number), **n)
                 flash(f"Supprimé : {n['calls']} appel(s), {n['reports']} signalement(s), {n['callbacks']} rappel(s).")
                 return redirect(url_for("callers"))
@@ -411,11 +446,24 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     @admin_only
     def audit_log():
         page = max(1, request.args.get("page", 1, type=int) or 1)
-        rows = list(store.db.query("select * from audit order by id desc limit 100 offset ?", [(page - 1) * 100]))
+        # an account of one commune: what that commune's accounts did
+        scope = "where user in (select name from users where commune = ?) " if g.commune else ""
+        rows = list(store.db.query(f"select * from audit {scope}order by id desc limit 100 offset ?",
+                                   ([g.commune] if g.commune else []) + [(page - 1) * 100]))
         return render_template("audit.html", rows=rows, page=page)
 
     # --- admin: the commune's facts (ivr/console/commune.py) -----------------------------------------
-    register_routes(app, cfg, store, admin_only, clock, on_saved=knowledge.invalidate)
+    register_routes(app, cfg, store, admin_only, clock, on_saved=lambda: knowledge.invalidate(), corpus_dir=corpus_dir)
+
+    @app.post("/commune-affichee")
+    @anyone
+    def choose_commune():
+        """An account of every commune picks the one whose knowledge and facts it edits."""
+        cid = request.form.get("commune", "")
+        if cid in communes and not g.commune:
+            session["commune_vue"] = cid
+        target = request.form.get("suite") or ""
+        return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("home"))
 
     @app.get("/sante")
     def health():
@@ -442,6 +490,26 @@ def _banner(health) -> dict | None:
     except Exception:              # the banner must never cost a page
         log.exception("health banner failed")
         return None
+
+
+class _Forward:
+    """Forwards to what `get()` returns for the request at hand."""
+
+    def __init__(self, get):
+        self._get = get
+
+    def __getattr__(self, name):
+        return getattr(self._get(), name)
+
+
+class _Scoped:
+    """The console's queries, limited to the signed-in account's commune (ivr/console/queries.py)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __getattr__(self, name):
+        return getattr(Queries(self.store, g.get("commune", "")), name)
 
 
 class _PerThread:
@@ -518,8 +586,8 @@ class _KnowledgeView:
     "try a question", as `ivr serve` would) and the embedder (for grouping questions), in the console
     process. An edit that needs a new index does not block the other pages while it builds."""
 
-    def __init__(self, cfg, clock):
-        self.cfg, self.clock = cfg, clock
+    def __init__(self, cfg, clock, corpus_dir):
+        self.cfg, self.clock, self.corpus_dir = cfg, clock, corpus_dir
         self._lock = threading.Lock()
         self._corpus = self._corpus_key = None
         self._pair = self._pair_key = None
@@ -529,11 +597,11 @@ class _KnowledgeView:
     def corpus(self):
         from dialogue.corpus import CorpusError, fingerprint, load_corpus
 
-        key = fingerprint(self.cfg.corpus_dir)
+        key = fingerprint(self.corpus_dir)
         with self._lock:
             if self._corpus is None or key != self._corpus_key:
                 try:
-                    self._corpus, self._corpus_key = load_corpus(self.cfg.corpus_dir, self.clock().date()), key
+                    self._corpus, self._corpus_key = load_corpus(self.corpus_dir, self.clock().date()), key
                     self._error = None
                 except CorpusError as exc:
                     self._error = str(exc)
@@ -546,10 +614,10 @@ class _KnowledgeView:
 
         from ivr.app import build_dialogue
 
-        key = fingerprint(self.cfg.corpus_dir)
+        key = fingerprint(self.corpus_dir)
         with self._lock:
             if self._pair is None or key != self._pair_key:
-                self._pair, self._pair_key = build_dialogue(self.cfg, self.clock().date()), key
+                self._pair, self._pair_key = build_dialogue(self.cfg, self.clock().date(), corpus_dir=self.corpus_dir), key
             return self._pair
 
     def embedder(self):
