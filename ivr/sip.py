@@ -7,6 +7,7 @@ queued to the main thread.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import queue
@@ -48,6 +49,32 @@ def returned_call(invite: str) -> dict | None:
     value = m.group(1).strip()
     get = lambda key: (re.search(rf"(?:^|;){key}=([\w-]+)", value) or [None, ""])[1]  # noqa: E731
     return {"extension": get("poste"), "status": get("statut").upper(), "call": get("ivr-call") or None}
+
+
+_failed_at: dict[str, float] = {}
+
+
+def _never_raises(fn):
+    """A pjsua2 callback: an exception must not leave it. SWIG would turn it into a C++ exception
+    thrown through pjsip's C code (undefined behaviour: a crash later, elsewhere). Logged instead,
+    once per 10 s per callback (the media ones run 50 times a second)."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except Exception:
+            now = time.monotonic()
+            if now - _failed_at.get(fn.__name__, -1e9) >= 10.0:
+                _failed_at[fn.__name__] = now
+                log.exception("SIP callback %s failed", fn.__name__)
+    return wrapper
+
+
+def last_try(invite: str) -> bool:
+    """The dialplan rings several workers one after the other (X-Mairie-Essai: 2/3): is this the last?
+    Only the last one records a call it declines, so that every call has one record."""
+    m = re.search(r"^X-Mairie-Essai:\s*(\d+)/(\d+)", invite, re.M | re.I)
+    return not m or int(m.group(1)) >= int(m.group(2))
 
 
 def dialled_number(invite: str) -> str:
@@ -137,9 +164,22 @@ class SipServer:
         # a SIP loop that stops turning is a hang: every thread's stack goes to the log (a C-level
         # timer, which works even if Python itself is stuck), before the watchdog's kill if it has one
         hang_s = 0.8 * 3 * self.notifier.watchdog_s or 30.0
+        # pj objects (a call's media port) must be freed on this thread, the one pjsip knows: the
+        # garbage collector, run on a call's worker thread, freed one there and crashed the process
+        # (a segfault under load). So it runs here only: the young objects every second, all of
+        # them every 5 minutes; what the start-up made is set aside (gc.freeze) to keep that short.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        collected = full = time.monotonic()
         while not self.stopping.is_set() and (end is None or time.monotonic() < end):
             self.ep.libHandleEvents(10)
             self._run_commands()
+            if time.monotonic() - collected >= 1.0:
+                everything = time.monotonic() - full >= 300.0
+                gc.collect(2 if everything else 1)
+                collected = time.monotonic()
+                full = collected if everything else full
             if time.monotonic() - written > 5.0:
                 # `ivr doctor` takes a status older than 30 s for a hung assistant
                 write_serve_status(self.cfg, self.registered.is_set(), *getattr(self, "last_registration", (None, "")))
@@ -159,6 +199,7 @@ class SipServer:
                 armed = time.monotonic()
         faulthandler.cancel_dump_traceback_later()
         self.shutdown()
+        gc.enable()
 
     def media_alive(self) -> bool:
         """No call has audio flowing, or the bridge moved a frame lately."""
@@ -217,6 +258,7 @@ def _make_account(server: SipServer):
     pj = server.pj
 
     class Account(pj.Account):
+        @_never_raises
         def onRegState(self, prm):
             active = self.getInfo().regIsActive
             ok = prm.code // 100 == 2 and active
@@ -245,6 +287,7 @@ def _make_account(server: SipServer):
             else:
                 server.notifier.status(f"non enregistré ({prm.code} {prm.reason})")
 
+        @_never_raises
         def onIncomingCall(self, prm):
             call = _make_call(server, self, prm.callId)
             # several communes on one install: the number dialled picks the caller's
@@ -256,6 +299,9 @@ def _make_account(server: SipServer):
                 op.statusCode = 486            # busy: the dialplan sends the caller to the desk
                 call.answer(op)
                 why = "overloaded" if overloaded else "busy"
+                if not last_try(prm.rdata.wholeMsg):
+                    log.info("call declined (%s): another worker is tried", why)
+                    return
                 log.warning("call declined (%s): the desk takes it", why)
                 store = server.engines.store   # every call leaves a record, declined ones too
                 try:
@@ -295,18 +341,24 @@ def _make_call(server: SipServer, account, call_id: int):
             super().__init__()
             self.box = box
 
+        @_never_raises
         def onFrameReceived(self, frame):
             s = self.box.session
             if s is not None and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
                 s.push_audio(np.frombuffer(bytes(frame.buf), dtype="<i2"))
 
+        @_never_raises
         def onFrameRequested(self, frame):
             server.media_tick = time.monotonic()
             s = self.box.session
-            pcm = s.pull_audio() if s is not None else np.zeros(160, np.int16)
-            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-            frame.buf = pj.ByteVector(pcm.astype("<i2").tobytes())
-            frame.size = len(pcm) * 2
+            pcm = np.zeros(160, np.int16)
+            try:
+                if s is not None:
+                    pcm = s.pull_audio()
+            finally:                    # a frame always goes out: silence if the session failed
+                frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+                frame.buf = pj.ByteVector(pcm.astype("<i2").tobytes())
+                frame.size = len(pcm) * 2
 
     class Call(pj.Call):
         def __init__(self):
@@ -323,6 +375,7 @@ def _make_call(server: SipServer, account, call_id: int):
         def session(self):
             return self.box.session
 
+        @_never_raises
         def onCallState(self, prm):
             ci = self.getInfo()
             if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.session is None:
@@ -343,6 +396,7 @@ def _make_call(server: SipServer, account, call_id: int):
             elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self._cleanup(ci.lastReason)
 
+        @_never_raises
         def onCallMediaState(self, prm):
             ci = self.getInfo()
             for i, mi in enumerate(ci.media):
@@ -355,10 +409,12 @@ def _make_call(server: SipServer, account, call_id: int):
                     self.media.startTransmit(self.port)
                     self.port.startTransmit(self.media)
 
+        @_never_raises
         def onDtmfDigit(self, prm):
             if self.session is not None:
                 self.session.push_dtmf(prm.digit)
 
+        @_never_raises
         def onCallTransferStatus(self, prm):
             log.info("transfer: %s %s%s", prm.statusCode, prm.reason, " (final)" if prm.finalNotify else "")
             if prm.finalNotify:

@@ -182,6 +182,8 @@ User=$SVC_USER
 Group=$SVC_USER
 WorkingDirectory=$REPO
 $env_lines
+# two malloc arenas, not eight per core: the call threads' memory is reused instead of spread thin
+Environment=MALLOC_ARENA_MAX=2
 ExecStart=$REPO/.venv/bin/ivr serve
 ReadWritePaths=-$UNSERVED
 Restart=always
