@@ -111,17 +111,22 @@ def test_an_account_of_one_commune_cannot_open_anothers_calls(tmp_path):
                                 ("admin-interco", "admin", "")):
         accounts.add(name, role, "mot-de-passe-" + name, commune)
     ours, theirs = (store.start_call("sip", f"sip:06123456{i}@x", commune=c) for i, c in ((1, "valbois"), (2, "montclair")))
+    callbacks = []
     for call_id in (ours, theirs):
         store.end_call(call_id, "transferred", "asked_for_agent", 20.0, summary="Demande un agent")
-        store.add_callback(call_id, "Rappeler pour un acte de naissance", "0612345678")
+        callbacks.append(store.add_callback(call_id, "Rappeler pour un acte de naissance", "0612345678"))
+        store.add_report(call_id, "voirie", "rue des Lilas", "Un nid de poule")
+    report_ids = [r["id"] for r in store.db.query("select id from reports order by id")]
 
     _login(client, "agent-valbois")
     assert client.get(f"/appels/{ours}").status_code == 200
     assert client.get(f"/appels/{theirs}").status_code == 403
     live = client.get("/direct/flux?once=1").text
     assert ours in live and theirs not in live
-    callbacks = client.get("/rappels").text
-    assert callbacks.count("Rappeler pour un acte de naissance") == 1
+    assert client.get("/rappels").text.count("Rappeler pour un acte de naissance") == 1
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/rappels").text).group(1)
+    assert client.post(f"/rappels/{callbacks[1]}/fait", data={"csrf_token": token}).status_code == 403
+    assert client.post(f"/rappels/{callbacks[0]}/fait", data={"csrf_token": token}).status_code == 302
 
     client, _ = _client(cfg)
     _login(client, "admin-valbois")
@@ -129,6 +134,9 @@ def test_an_account_of_one_commune_cannot_open_anothers_calls(tmp_path):
     assert client.get(f"/appels/{theirs}/enregistrement").status_code in (403, 404)
     listing = client.get("/appels").text
     assert ours in listing and theirs not in listing
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/signalements").text).group(1)
+    assert client.post(f"/signalements/{report_ids[1]}/statut", data={"statut": "transmis", "csrf_token": token}
+                       ).status_code == 403
     # its knowledge pages are its own commune's
     assert "Valbois" in client.get("/commune/identite").text
 

@@ -105,6 +105,15 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         """A call (or what it left) of the account's commune, or any for an account of every commune."""
         return not g.commune or (row.get("commune") or "") == g.commune
 
+    def owned(sql: str, key) -> dict:
+        """The one row `sql` finds (with its call's commune), else 404; another commune's: 403."""
+        rows = list(store.db.query(sql, [key]))
+        if not rows:
+            abort(404)
+        if not mine(rows[0]):
+            abort(403)
+        return rows[0]
+
     @app.template_filter("local")
     def local_time(iso: str | None, fmt: str = "%d/%m/%Y %H:%M") -> str:
         """Stored times are UTC; staff read the server's local time."""
@@ -286,12 +295,7 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     @app.post("/rappels/<int:cb_id>/fait")
     @anyone
     def callback_done(cb_id):
-        row = list(store.db.query("select c.commune from callbacks cb left join calls c on c.id = cb.call_id "
-                                  "where cb.id = ?", [cb_id]))
-        if not row:
-            abort(404)
-        if not mine(row[0]):
-            abort(403)
+        owned("select c.commune from callbacks cb left join calls c on c.id = cb.call_id where cb.id = ?", cb_id)
         with store._lock:
             store.db["callbacks"].update(cb_id, {"done_at": now_iso(), "done_by": g.user["name"],
                                                  "status": "traité"})
@@ -327,12 +331,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         status = request.form.get("statut", "")
         if status not in REPORT_STATUSES:
             abort(400)
-        rows = list(store.db.query("select r.*, c.commune from reports r left join calls c on c.id = r.call_id "
-                                   "where r.id = ?", [report_id]))
-        if not rows:
-            abort(404)
-        if not mine(rows[0]):
-            abort(403)
+        rows = [owned("select r.*, c.commune from reports r left join calls c on c.id = r.call_id where r.id = ?",
+                      report_id)]
         rows[0].pop("commune")
         with store._lock:
             store.db["reports"].update(report_id, {"status": status, "updated_at": now_iso(),
