@@ -198,6 +198,7 @@ class SipServer:
                 faulthandler.dump_traceback_later(hang_s, exit=False, file=sys.stderr)
                 armed = time.monotonic()
         faulthandler.cancel_dump_traceback_later()
+        gc.unfreeze()                       # the start-up's pj objects are freed before libDestroy too
         self.shutdown()
         gc.enable()
 
