@@ -434,6 +434,27 @@ def pbx_config(cfg, out_dir):
     click.echo(f"{len(names)} fichiers écrits dans {out_dir}")
 
 
+@cli.group()
+def kamailio():
+    """Kamailio in front of several Asterisk boxes (docs/scaling.md)."""
+
+
+@kamailio.command("config")
+@click.option("--listen", multiple=True, required=True, help="Address (IP[:port]) where calls arrive; repeatable.")
+@click.option("--asterisk", "asterisks", multiple=True, required=True,
+              help="An Asterisk box, IP[:port] of its trunk transport (port 5062 by default); repeatable.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="/etc/kamailio", show_default=True)
+@click.option("--ping-interval", type=int, default=5, show_default=True, help="Seconds between OPTIONS probes.")
+@click.option("--ctl-socket", default="unix:/run/kamailio/kamailio_ctl", show_default=True)
+def kamailio_config(listen, asterisks, out_dir, ping_interval, ctl_socket):
+    """Write kamailio.cfg, kamailio-local.cfg and dispatcher.list."""
+    from ivr.kamailio import write
+
+    names = write(Path(out_dir), listen=list(listen), asterisks=list(asterisks), ping_interval=ping_interval,
+                  ctl_socket=ctl_socket)
+    click.echo(f"{len(names)} fichiers écrits dans {out_dir} : {', '.join(names)}")
+
+
 # --- corpus -----------------------------------------------------------------------------------------
 @cli.group()
 def corpus():
