@@ -27,6 +27,12 @@ from pathlib import Path
 
 from ivr import doctor
 
+
+def store_errors() -> tuple:
+    from ivr.store import DB_ERRORS
+
+    return DB_ERRORS
+
 log = logging.getLogger(__name__)
 
 PARTS = ("assistant", "asterisk", "trunk", "disk")
@@ -119,14 +125,23 @@ def serve_health(cfg, timeout: float = 2.0) -> dict | None:
 
 def error_calls(cfg, since_iso: str) -> list[dict]:
     """Calls ended on an error (a component failed, or the assistant stopped mid-call) since then."""
+    from ivr.store import DB_ERRORS, shared_store
+
+    sql = ("select id, started_at, ended_at, end_reason from calls where outcome = 'error' "
+           "and ended_at > ? order by ended_at limit 200")
+    if cfg["store"]["url"]:
+        try:
+            return list(shared_store(cfg).db.query(sql, [since_iso]))
+        except (*DB_ERRORS, RuntimeError) as exc:
+            log.warning("alerts: cannot read the call records: %s", exc)
+            return []
     if not cfg.db_path.exists():
         return []
     try:
         conn = sqlite3.connect(f"file:{cfg.db_path}?mode=ro", uri=True, timeout=5)
         conn.row_factory = sqlite3.Row
         try:
-            rows = conn.execute("select id, started_at, ended_at, end_reason from calls where outcome = 'error' "
-                                "and ended_at > ? order by ended_at limit 200", [since_iso]).fetchall()
+            rows = conn.execute(sql, [since_iso]).fetchall()
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -395,7 +410,7 @@ def deliver(cfg, msg: Message, store=None) -> Message:
                     store.db["alerts"].insert({"at": _iso(time.time()), "kind": msg.kind, "state": msg.state,
                                                "subject": msg.subject, "message": msg.text, "channel": d["channel"],
                                                "target": d["target"], "ok": int(d["ok"]), "detail": d["detail"]})
-            except sqlite3.Error as exc:      # a full disk is one of the alerts: the message still goes
+            except store_errors() as exc:     # a full disk is one of the alerts: the message still goes
                 log.error("alerts: cannot record the alert: %s", exc)
     return msg
 
@@ -413,11 +428,11 @@ class Watcher:
     """Looks at the install every `check_every_s` from `ivr console` and sends the alerts."""
 
     def __init__(self, cfg, health: Health | None = None, store=None, clock=time.time):
-        from ivr.store import Store
+        from ivr.store import open_store
 
         self.cfg, self.clock = cfg, clock
         self.health = health or Health(cfg)
-        self.store = store or Store(cfg.db_path)      # its own connection, for this thread
+        self.store = store or open_store(cfg)      # its own connection, for this thread
         a = settings(cfg)
         self.repeat_s = float(a["repeat_min"]) * 60
         self.down_after_s = float(a["down_after_s"])

@@ -138,10 +138,10 @@ def build_engines(cfg: Config, store=None, clock=None):
     from asr.transcriber import Transcriber
     from dialogue.conversation import Conversation
     from ivr.session import Engines
-    from ivr.store import Store
+    from ivr.store import open_store
     from tts.synthesizer import Speaker, make_synthesizer
 
-    store = store or Store(cfg.db_path)
+    store = store or open_store(cfg)
     communes = load_communes(cfg)
     knowledges = {cid: Knowledge(cfg, clock, corpus_dir=c.corpus_dir) for cid, c in communes.items()}
     for k in knowledges.values():
@@ -159,7 +159,7 @@ def build_engines(cfg: Config, store=None, clock=None):
         return Conversation(corpus, index, cfg["dialogue"], store=store, call_id=call_id, clock=clock, caller=caller)
 
     return Engines(cfg=cfg, transcriber=transcriber, speaker=speaker, new_conversation=new_conversation,
-                   store=store, recordings_dir=cfg.data_dir / "recordings", knowledge=knowledge,
+                   store=store, recordings_dir=cfg.recordings_dir, knowledge=knowledge,
                    turn_model=build_turn_model(cfg), communes=communes, knowledges=knowledges,
                    prompt_for=lambda commune: asr_prompt(knowledges[commune].corpus)
                    if transcriber.prompt and knowledges.get(commune, knowledge) is not knowledge else None)

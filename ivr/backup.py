@@ -55,6 +55,9 @@ def _counts(db_path: Path) -> dict:
 def backup(cfg, out: Path) -> dict:
     """Write the archive to `out` (atomically, mode 0600); returns its manifest."""
     out = Path(out).resolve()
+    if cfg["store"]["url"]:
+        raise BackupError("les appels sont dans PostgreSQL ([store] url) : sauvegardez la base avec pg_dump, "
+                          "et les enregistrements, la connaissance et les réglages avec vos sauvegardes de fichiers")
     db_path = cfg.db_path
     if not db_path.exists():
         raise BackupError(f"pas de base de données à sauvegarder ({db_path})")
@@ -68,7 +71,7 @@ def backup(cfg, out: Path) -> dict:
             dst.close()
             src.close()
         items.append(("ivr.db", snap))
-        folders = [(cfg.data_dir / "recordings", "recordings"), (cfg.data_dir / "secrets", "secrets"),
+        folders = [(cfg.recordings_dir, "recordings"), (cfg.data_dir / "secrets", "secrets"),
                    (cfg.corpus_dir, "corpus")]
         if cfg["paths"].get("communes"):               # several communes: each one's knowledge
             folders.append((Path(cfg["paths"]["communes"]).resolve(), "communes"))
@@ -132,7 +135,7 @@ def restore(cfg, archive: Path, force: bool = False, settings: Path | None = Non
     tar, manifest = _read(archive)
     data, corpus = cfg.data_dir, cfg.corpus_dir
     settings = Path(settings).resolve() if settings else settings_file(cfg) or Path("ivr.toml").resolve()
-    busy = [p for p in (cfg.db_path, data / "recordings") if p.exists()]
+    busy = [p for p in (cfg.db_path, cfg.recordings_dir) if p.exists()]
     if busy and not force:
         raise BackupError(f"le dossier de données n'est pas vide ({', '.join(map(str, busy))}) : restaurez dans "
                           "un dossier vide (IVR_DATA=...) ou ajoutez --force pour remplacer son contenu")
@@ -158,7 +161,7 @@ def restore(cfg, archive: Path, force: bool = False, settings: Path | None = Non
         shutil.move(str(stage / "ivr.db"), cfg.db_path)
         placed["base de données"] = cfg.db_path
         communes = Path(cfg["paths"]["communes"]).resolve() if cfg["paths"].get("communes") else None
-        for sub, dest in (("recordings", data / "recordings"), ("secrets", data / "secrets"), ("corpus", corpus),
+        for sub, dest in (("recordings", cfg.recordings_dir), ("secrets", data / "secrets"), ("corpus", corpus),
                           ("communes", communes)):
             if not (stage / sub).is_dir() or dest is None:
                 continue

@@ -24,9 +24,10 @@ def _user_errors():
 
     from ivr.backup import BackupError
     from ivr.pbx import PbxConfigError
+    from ivr.postgres import StoreError
 
     return (ConfigError, ModelMissing, CorpusError, AudioError, TTSError, FileNotFoundError, AccountError,
-            PbxConfigError, BackupError)
+            PbxConfigError, BackupError, StoreError)
 
 
 class IvrGroup(click.Group):
@@ -247,9 +248,9 @@ def alerts():
 def alerts_test(cfg):
     """Send a test message through every configured channel, and say how each went."""
     from ivr.alerts import deliver, test_message
-    from ivr.store import Store
+    from ivr.store import open_store
 
-    msg = deliver(cfg, test_message(cfg), Store(cfg.db_path))
+    msg = deliver(cfg, test_message(cfg), open_store(cfg))
     if not msg.deliveries:
         raise click.ClickException("aucun destinataire : réglez [alerts] smtp_host et smtp_to, ou webhook_urls")
     for d in msg.deliveries:
@@ -266,9 +267,9 @@ def users():
 
 def _accounts(cfg):
     from ivr.console.accounts import Accounts
-    from ivr.store import Store
+    from ivr.store import open_store
 
-    return Accounts(Store(cfg.db_path))
+    return Accounts(open_store(cfg))
 
 
 def _password(from_stdin: bool, prompt: str) -> str:
@@ -343,11 +344,11 @@ def users_init(cfg):
 def _conversation(cfg, state=None, at=None):
     from dialogue.conversation import Conversation
     from ivr.app import build_dialogue
-    from ivr.store import Store
+    from ivr.store import open_store
 
     clock = _parse_at(at)
     corpus, index = build_dialogue(cfg, _day(clock))
-    return Conversation(corpus, index, cfg["dialogue"], store=Store(cfg.db_path), clock=clock, state=state)
+    return Conversation(corpus, index, cfg["dialogue"], store=open_store(cfg), clock=clock, state=state)
 
 
 def _reply_json(reply) -> dict:
@@ -531,9 +532,9 @@ def calls():
 @click.option("-n", "limit", default=20)
 @click.pass_obj
 def calls_list(cfg, limit):
-    from ivr.store import Store
+    from ivr.store import open_store
 
-    for c in Store(cfg.db_path).recent_calls(limit):
+    for c in open_store(cfg).recent_calls(limit):
         click.echo(f"{c['id']}  {c['started_at'][:19]}  {c['transport']:<9} {c['outcome'] or c['status']:<12} "
                    f"{(c['duration_s'] or 0):6.1f} s  {c['summary'] or ''}"[:160])
 
@@ -543,9 +544,9 @@ def calls_list(cfg, limit):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def calls_show(cfg, call_id, as_json):
-    from ivr.store import Store
+    from ivr.store import open_store
 
-    c = Store(cfg.db_path).call(call_id)
+    c = open_store(cfg).call(call_id)
     if not c:
         raise click.ClickException(f"appel inconnu : {call_id}")
     if as_json:
@@ -566,14 +567,14 @@ def insights(cfg, since, as_json):
     from dialogue.insights import group_questions
     from dialogue.search import make_embedder
     from ivr.console.queries import Queries
-    from ivr.store import Store
+    from ivr.store import open_store
 
     if since:
         try:
             dt.date.fromisoformat(since)
         except ValueError:
             raise click.BadParameter("format attendu : AAAA-MM-JJ", param_hint="--since") from None
-    items = Queries(Store(cfg.db_path)).weak_questions(since or "")
+    items = Queries(open_store(cfg)).weak_questions(since or "")
     groups = group_questions(items, make_embedder(cfg["dialogue"]["embedding"])) if items else []
     if as_json:
         click.echo(json.dumps(groups, ensure_ascii=False, indent=1))
@@ -591,11 +592,11 @@ def insights(cfg, since, as_json):
 @click.pass_obj
 def purge(cfg, days):
     """Delete call records and recordings older than the retention limit."""
-    from ivr.store import Store
+    from ivr.store import open_store
 
     from ivr.communes import load_communes, retention
 
-    res = Store(cfg.db_path).purge(days if days is not None else int(cfg["call"]["retention_days"]),
+    res = open_store(cfg).purge(days if days is not None else int(cfg["call"]["retention_days"]),
                                    None if days is not None else retention(load_communes(cfg)))
     click.echo(json.dumps(res))
 

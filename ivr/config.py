@@ -75,6 +75,10 @@ class Config(dict):
         return Path(self["paths"]["cache"]).resolve() if self["paths"]["cache"] else self.data_dir / "cache"
 
     @property
+    def recordings_dir(self) -> Path:
+        return Path(self["paths"]["recordings"]).resolve() if self["paths"]["recordings"] else self.data_dir / "recordings"
+
+    @property
     def db_path(self) -> Path:
         return self.data_dir / "ivr.db"
 

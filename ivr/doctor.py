@@ -437,6 +437,8 @@ def check_disk(cfg) -> Result:
 def check_database(cfg) -> Result:
     from ivr.store import MIGRATIONS
 
+    if cfg["store"]["url"]:
+        return _check_postgresql(cfg)
     path = cfg.db_path
     if not path.exists():
         return Result("database", FAIL, f"base de données absente : {path}",
@@ -556,6 +558,37 @@ def clock_synchronised() -> bool | None:
     return not (state == TIME_ERROR or tx.status & STA_UNSYNC)
 
 
+def _check_postgresql(cfg) -> Result:
+    from ivr.postgres import PgDatabase
+    from ivr.store import DB_ERRORS, MIGRATIONS, store_password
+
+    url = cfg["store"]["url"]
+    try:
+        db = PgDatabase(url, store_password(cfg))       # no migration here: the check says if one is due
+    except (*DB_ERRORS, RuntimeError) as exc:
+        return Result("database", FAIL, str(exc), "vérifiez que le serveur PostgreSQL tourne et accepte ce "
+                      "serveur (pg_hba.conf), et le mot de passe ([store] password_file)")
+    try:
+        if "migrations" not in db.table_names():
+            return Result("database", FAIL, "base PostgreSQL vide", "démarrez ivr serve ou ivr console : ils "
+                          "créent les tables")
+        names = {r["name"] for r in db.query("select name from migrations")}
+        writable = db.execute("select has_table_privilege('calls', 'INSERT')").fetchone()[0]
+    except DB_ERRORS as exc:
+        return Result("database", FAIL, f"base PostgreSQL illisible ({exc})", "vérifiez les droits du rôle")
+    finally:
+        db.close()
+    if not writable:
+        return Result("database", FAIL, "le rôle PostgreSQL ne peut pas écrire les appels",
+                      "donnez-lui la propriété de la base (ALTER DATABASE ... OWNER TO ...)")
+    todo = [name for name, _ in MIGRATIONS if name not in names]
+    if todo:
+        return Result("database", FAIL, f"schéma en retard : migrations non appliquées {', '.join(todo)}",
+                      "redémarrez ivr serve ou ivr console : ils appliquent les migrations au démarrage")
+    shown = url.split("@")[-1]
+    return Result("database", OK, f"PostgreSQL {shown} : lecture, écriture, schéma à jour ({MIGRATIONS[-1][0]})")
+
+
 def check_clock(cfg) -> Result:
     now = datetime.now(timezone.utc)
     shown = now.astimezone().strftime("%d/%m/%Y %H:%M")
@@ -563,7 +596,14 @@ def check_clock(cfg) -> Result:
     if now < EARLIEST:
         return Result("clock", FAIL, f"l'horloge du système est fausse : il serait {shown}", set_it)
     newest = None
-    if cfg.db_path.exists():
+    if cfg["store"]["url"]:
+        from ivr.store import DB_ERRORS, shared_store
+
+        try:
+            newest = shared_store(cfg).db.execute("select max(started_at) from calls").fetchone()[0]
+        except (*DB_ERRORS, RuntimeError):
+            newest = None
+    elif cfg.db_path.exists():
         try:
             conn = sqlite3.connect(f"file:{cfg.db_path}?mode=ro", uri=True, timeout=5)
             try:

@@ -506,6 +506,10 @@ def serve(cfg, duration: float | None = None, clock=None) -> None:
     start_daily_purge(engines.store, int(cfg["call"]["retention_days"]), communes=retention(engines.communes))
     from ivr.store import storage_failed
 
+    import socket
+
+    # one name per worker, the same after a restart: its interrupted calls are its own to close
+    engines.store.worker = cfg["sip"]["worker_name"] or f"{socket.gethostname()}:{cfg['sip']['port']}"
     try:
         stale = engines.store.close_interrupted("sip")
         if stale:

@@ -5,6 +5,7 @@ The schema is created and migrated by code: each migration runs once, in order, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -17,6 +18,18 @@ from pathlib import Path
 import sqlite_utils
 
 log = logging.getLogger(__name__)
+
+
+def _db_errors() -> tuple:
+    try:
+        import psycopg
+
+        return (sqlite3.Error, psycopg.Error)
+    except ImportError:
+        return (sqlite3.Error,)
+
+
+DB_ERRORS = _db_errors()        # what a failed read or write raises, on either backend
 
 # Writes lost since the process started (a full disk, a database that cannot be written): counted
 # here and logged as "ERROR ... disk full ...: <what> not saved", what alert watchers look for.
@@ -122,24 +135,54 @@ def _m_communes(db: sqlite_utils.Database) -> None:
     db["calls"].create_index(["commune", "started_at"])
 
 
+def _m_postgresql(db) -> None:
+    # PostgreSQL only: SQLite's date(x, 'localtime') and the triggers that feed every console's live board
+    if not isinstance(db, sqlite_utils.Database):
+        from ivr.postgres import setup_functions
+
+        setup_functions(db)
+
+
+def _m_workers(db) -> None:
+    # the worker (`ivr serve`) that took a call: at its restart it closes its own interrupted calls only
+    db["calls"].add_column("worker", str, not_null_default="")
+
+
 MIGRATIONS = [("001_calls_turns_events", _m1), ("002_reports_callbacks", _m2), ("003_console", _m3),
               ("004_callback_service", _m4), ("005_unheard_speech", _m5), ("006_returned_calls", _m6),
-              ("007_alerts", _m_alerts), ("008_communes", _m_communes)]
+              ("007_alerts", _m_alerts), ("008_communes", _m_communes), ("009_postgresql", _m_postgresql),
+              ("010_workers", _m_workers)]
 
 
 class Store:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    """The records, in SQLite (`path`, the default) or in PostgreSQL (`url`, shared by several
+    workers and consoles)."""
+
+    def __init__(self, path: str | Path | None = None, *, url: str = "", password: str | None = None):
         self._lock = threading.RLock()
-        # one connection shared by the call threads, serialised by self._lock
-        self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), check_same_thread=False))
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        self.db.enable_wal()
+        self.url = url
+        self.worker = ""        # this process's name among the workers sharing the records (ivr serve sets it)
+        if url:
+            from ivr.postgres import PgDatabase
+
+            self.path = None
+            self.db = PgDatabase(url, password)
+        else:
+            self.path = Path(path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # one connection shared by the call threads, serialised by self._lock
+            self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), check_same_thread=False))
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            self.db.enable_wal()
         self.migrate()
 
+    @property
+    def shared(self) -> bool:
+        """True on PostgreSQL: other machines write here too."""
+        return bool(self.url)
+
     def migrate(self) -> None:
-        with self._lock:
+        with self._lock, (self.db.migration_lock() if self.shared else contextlib.nullcontext()):
             if "migrations" not in self.db.table_names():
                 self.db["migrations"].create({"name": str, "applied_at": str}, pk="name")
             done = {r["name"] for r in self.db["migrations"].rows}
@@ -149,6 +192,22 @@ class Store:
                         fn(self.db)
                         self.db["migrations"].insert({"name": name, "applied_at": now_iso()})
 
+    def wait_change(self, timeout: float) -> bool:
+        """Block until the records change (written by any process, or any machine on PostgreSQL) or
+        `timeout` s pass; True if they changed."""
+        if self.shared:
+            return self.db.wait_change(timeout)
+        version = lambda: self.db.execute("pragma data_version").fetchone()[0]  # noqa: E731
+        start, end = version(), time.monotonic() + timeout
+        while time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+            if version() != start:
+                return True
+        return False
+
+    def close(self) -> None:
+        self.db.conn.close()
+
     # --- calls ------------------------------------------------------------------------------------
     def start_call(self, transport: str, caller: str = "", call_id: str | None = None,
                    returned_from: str | None = None, commune: str = "") -> str:
@@ -156,7 +215,7 @@ class Store:
         with self._lock:
             self.db["calls"].insert({"id": call_id, "started_at": now_iso(), "transport": transport,
                                      "caller": caller, "status": "active", "returned_from": returned_from,
-                                     "commune": commune})
+                                     "commune": commune, "worker": self.worker})
         return call_id
 
     def end_call(self, call_id: str, outcome: str, reason: str, duration_s: float,
@@ -168,11 +227,14 @@ class Store:
                                               "unheard_speech_s": unheard_speech_s, "deaf": int(deaf)})
 
     def close_interrupted(self, transport: str) -> int:
-        """Calls left 'active' by a process that died: closed as errors, so every call has an end."""
+        """Calls this worker left 'active' when it died: closed as errors, so every call has an end
+        (another worker's calls in progress are not touched)."""
+        # SQLite: one worker's own file (and calls recorded before workers had names)
+        mine = " and worker = ?" if self.shared else ""
         with self._lock, self.db.conn:
             cur = self.db.execute("update calls set status = 'ended', outcome = 'error', end_reason = "
-                                  "'assistant_restart', ended_at = ? where status = 'active' and transport = ?",
-                                  [now_iso(), transport])
+                                  f"'assistant_restart', ended_at = ? where status = 'active' and transport = ?{mine}",
+                                  [now_iso(), transport] + ([self.worker] if self.shared else []))
             return cur.rowcount
 
     def set_recording(self, call_id: str, path: str) -> bool:
@@ -241,9 +303,8 @@ class Store:
 
         cutoff, own = cutoff_of(older_than_days), {k: v for k, v in (communes or {}).items() if v}
         with self._lock, self.db.conn:
-            marks = ",".join("?" * len(own))
-            old = list(self.db.query(f"select id, recording from calls where started_at < ? and commune not in ({marks})",
-                                     [cutoff, *own]))
+            others = f" and commune not in ({','.join('?' * len(own))})" if own else ""
+            old = list(self.db.query(f"select id, recording from calls where started_at < ?{others}", [cutoff, *own]))
             for commune, days in own.items():
                 old += self.db.query("select id, recording from calls where started_at < ? and commune = ?",
                                      [cutoff_of(days), commune])
@@ -254,6 +315,38 @@ class Store:
                     self.db.execute(f"delete from {table} where call_id = ?", [row["id"]])
                 self.db.execute("delete from calls where id = ?", [row["id"]])
         return {"calls_deleted": len(old), "cutoff": cutoff}
+
+
+def open_store(cfg) -> Store:
+    """The store the settings name: `[store] url` (PostgreSQL) or the SQLite file in the data folder."""
+    if not cfg["store"]["url"]:
+        return Store(cfg.db_path)
+    return Store(url=cfg["store"]["url"], password=store_password(cfg))
+
+
+def store_password(cfg) -> str | None:
+    if not cfg["store"]["password_file"]:
+        return None             # in the URL, or ~/.pgpass
+    try:
+        return Path(cfg["store"]["password_file"]).read_text().strip()
+    except OSError as exc:
+        from ivr.postgres import StoreError
+
+        raise StoreError(f"[store] password_file illisible : {exc}") from None
+
+
+_shared: dict[str, Store] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_store(cfg) -> Store | None:
+    """One PostgreSQL store per process for occasional readers (alerts, doctor); None on SQLite."""
+    if not cfg["store"]["url"]:
+        return None
+    with _shared_lock:
+        if cfg["store"]["url"] not in _shared:
+            _shared[cfg["store"]["url"]] = open_store(cfg)
+        return _shared[cfg["store"]["url"]]
 
 
 def start_daily_purge(store: Store, retention_days: int, every_s: float = 86400.0,

@@ -50,7 +50,8 @@ c = load_config()
 root = c["pbx"]["asterisk_root"] or str(c.data_dir / "asterisk" / "root")
 # several communes: their folders are the knowledge the console edits
 corpus = Path(c["paths"]["communes"]).resolve() if c["paths"]["communes"] else c.corpus_dir
-for k, v in {"DATA": c.data_dir, "CORPUS": corpus, "MODE": c["pbx"]["mode"], "AST_ROOT": root}.items():
+for k, v in {"DATA": c.data_dir, "CORPUS": corpus, "MODE": c["pbx"]["mode"], "AST_ROOT": root,
+             "RECORDINGS": c.recordings_dir}.items():
     print(f"{k}={shlex.quote(str(v))}")
 PY
 )"
@@ -70,9 +71,9 @@ done
 scripts/run.sh stop >/dev/null 2>&1 || true
 
 # What the services write belongs to their user; secrets stay private (trunk password: root only)
-mkdir -p "$DATA"/{recordings,logs,run,cache,secrets}
+mkdir -p "$DATA"/{recordings,logs,run,cache,secrets} "$RECORDINGS"
 chown "$SVC_USER:$SVC_USER" "$DATA" "$DATA"/{recordings,logs,run,cache,secrets}
-chown -R "$SVC_USER:$SVC_USER" "$DATA"/{recordings,logs,run} "$CORPUS"
+chown -R "$SVC_USER:$SVC_USER" "$DATA"/{recordings,logs,run} "$CORPUS" "$RECORDINGS"
 find "$DATA/cache" -maxdepth 1 -mindepth 1 ! -name 'asterisk-chroot-*' ! -name 'pjsua2*' \
   -exec chown -R "$SVC_USER:$SVC_USER" {} +
 for f in "$DATA"/ivr.db "$DATA"/ivr.db-wal "$DATA"/ivr.db-shm; do
@@ -103,7 +104,7 @@ env_lines="Environment=IVR_DATA=$DATA"
 sandbox="NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=read-only
-ReadWritePaths=$DATA $CORPUS
+ReadWritePaths=$DATA $CORPUS $RECORDINGS
 PrivateTmp=$private_tmp
 PrivateDevices=yes
 ProtectKernelTunables=yes

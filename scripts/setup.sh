@@ -63,13 +63,13 @@ scripts/asterisk.sh configure
 VENV="$VENV" scripts/build_pjsua2.sh
 # SIPp and tcpdump: the test caller and desk, and what they hear (tests, demo, bench);
 # Chromium: the browser the console's tests drive (Playwright, with Debian's binary);
-# Kamailio: the front of several Asterisk boxes (tests start their own, the package's stays off)
+# Kamailio and PostgreSQL: the front of several Asterisk boxes and the shared store (tests start
+# their own; the packages' services stay off on this box)
 if ! command -v sipp >/dev/null || ! command -v tcpdump >/dev/null || ! command -v chromium >/dev/null \
-    || ! command -v kamailio >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends sip-tester tcpdump chromium kamailio \
-    || die "apt-get install sip-tester tcpdump chromium kamailio failed"
-  # where the package could start its own (default configuration, port 5060): not on this box
-  $SUDO invoke-rc.d kamailio stop >/dev/null 2>&1 || true
+    || ! command -v kamailio >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends sip-tester tcpdump chromium \
+    kamailio postgresql || die "apt-get install sip-tester tcpdump chromium kamailio postgresql failed"
+  for svc in kamailio postgresql; do $SUDO invoke-rc.d "$svc" stop >/dev/null 2>&1 || true; done
 fi
 
 # --- models --------------------------------------------------------------------------------------

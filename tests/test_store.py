@@ -10,7 +10,7 @@ def test_schema_is_created_and_migrations_run_once(tmp_path):
     s2 = Store(db)                                     # reopening migrates nothing twice
     names = [r["name"] for r in s2.db["migrations"].rows]
     assert names == ["001_calls_turns_events", "002_reports_callbacks", "003_console", "004_callback_service",
-                     "005_unheard_speech", "006_returned_calls", "007_alerts", "008_communes"]
+                     "005_unheard_speech", "006_returned_calls", "007_alerts", "008_communes", "009_postgresql", "010_workers"]
     assert {"calls", "turns", "events", "reports", "callbacks", "users", "audit", "deliveries"} <= set(s.db.table_names())
     assert {"service", "done_at", "done_by"} <= set(s.db["callbacks"].columns_dict)
     assert sqlite3.connect(db).execute("pragma journal_mode").fetchone()[0] == "wal"

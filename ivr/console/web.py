@@ -26,7 +26,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from ivr.console.accounts import ROLE_NAMES, Accounts, audit, secret
 from ivr.console.queries import ACTIONS, OUTCOMES, REPORT_STATUSES, Queries, caller_number, mask_number
-from ivr.store import Store, now_iso
+from ivr.store import Store, now_iso, open_store
 
 log = logging.getLogger(__name__)
 CALL_ID = re.compile(r"^[0-9a-f]{8,32}$")
@@ -53,7 +53,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
-    store = store or _PerThread(lambda: Store(cfg.db_path))
+    # PostgreSQL: one store, a connection per thread inside it
+    store = store or (open_store(cfg) if cfg["store"]["url"] else _PerThread(lambda: open_store(cfg)))
     accounts, q = Accounts(store), _Scoped(store)
     clock = clock or dt.datetime.now
     CSRFProtect(app)
@@ -63,7 +64,7 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
 
     install = Health(cfg)      # refreshed by the alerts watcher that `ivr console` starts
     app.extensions["ivr"] = {"store": store, "cfg": cfg, "health": install}
-    rec_dir = (cfg.data_dir / "recordings").resolve()
+    rec_dir = cfg.recordings_dir.resolve()
     from ivr.communes import load_communes
 
     communes = load_communes(cfg)
@@ -242,7 +243,8 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
                         return
                 else:
                     yield ": attente\n\n"
-                time.sleep(1.0)
+                # at once when any worker writes (PostgreSQL: NOTIFY), else each second (the durations)
+                store.wait_change(1.0)
 
         return Response(events(), mimetype="text/event-stream",
                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -447,7 +449,7 @@ def create_app(cfg, store: Store | None = None, clock=None) -> Flask:
     def audit_log():
         page = max(1, request.args.get("page", 1, type=int) or 1)
         # an account of one commune: what that commune's accounts did
-        scope = "where user in (select name from users where commune = ?) " if g.commune else ""
+        scope = 'where "user" in (select name from users where commune = ?) ' if g.commune else ""
         rows = list(store.db.query(f"select * from audit {scope}order by id desc limit 100 offset ?",
                                    ([g.commune] if g.commune else []) + [(page - 1) * 100]))
         return render_template("audit.html", rows=rows, page=page)
