@@ -37,6 +37,11 @@ class PgServer:
     def url(self) -> str:
         return f"postgresql://ivr@{self.listen}:{self.port}/ivr"
 
+    @property
+    def local_url(self) -> str:
+        """Through the server's Unix socket, from this machine's own namespace (tests read there)."""
+        return f"postgresql://ivr@/ivr?host={self.dir}&port={self.port}"
+
     def _as_postgres(self, *args) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *map(str, args)]
 

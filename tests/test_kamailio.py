@@ -6,61 +6,20 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import subprocess
-import time
 
 import pytest
 
+from tests.cluster import NUMBER
 from tests.conftest import make_cfg
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and Asterisk need root")
-
-NUMBER = "0199472000"
-
-
-class Kamailio:
-    def __init__(self, ns, etc, listen, asterisks):
-        from ivr.kamailio import write
-
-        self.ns, self.etc = ns, etc
-        self.ctl = f"unix:{etc}/kamailio_ctl"
-        write(etc, listen=listen, asterisks=asterisks, ping_interval=1, ctl_socket=self.ctl)
-        self.log = etc / "kamailio.log"
-        if not shutil.which("kamailio"):
-            pytest.fail("kamailio missing: run scripts/setup.sh")
-        # -DD: in the foreground (the namespace holds it); -E: log to stderr, kept in a file
-        self.proc = ns.popen(["kamailio", "-f", etc / "kamailio.cfg", "-DD", "-E", "-Y", etc, "-m", "64", "-M", "8"],
-                             stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
-
-    def destinations(self) -> dict[str, str]:
-        """{address: flags}: "AP" up (active, probing), "IP" down (inactive, probing)."""
-        out = self.ns.run("kamcmd", "-s", self.ctl, "dispatcher.list", check=False).stdout
-        return dict(re.findall(r"URI: sip:([\d.]+):\d+\s+FLAGS: (\w+)", out))
-
-    def wait(self, want: dict[str, str], timeout: float = 15) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("kamailio exited: " + self.log.read_text(errors="replace")[-2000:])
-            got = self.destinations()
-            if all(got.get(a) == f for a, f in want.items()):
-                return got
-            time.sleep(0.2)
-        return self.destinations()
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory):
     from ivr.pbx import render
+    from tests.cluster import Kamailio
     from tests.netlab import Lab, LabAsterisk
     from tests.sipcall import Assistant
 
