@@ -535,7 +535,8 @@ def calls_list(cfg, limit):
     from ivr.store import open_store
 
     for c in open_store(cfg).recent_calls(limit):
-        click.echo(f"{c['id']}  {c['started_at'][:19]}  {c['transport']:<9} {c['outcome'] or c['status']:<12} "
+        commune = f"{c['commune']:<12} " if c.get("commune") else ""     # several communes on this install
+        click.echo(f"{c['id']}  {c['started_at'][:19]}  {commune}{c['transport']:<9} {c['outcome'] or c['status']:<12} "
                    f"{(c['duration_s'] or 0):6.1f} s  {c['summary'] or ''}"[:160])
 
 

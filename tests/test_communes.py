@@ -117,6 +117,14 @@ def test_an_account_of_one_commune_cannot_open_anothers_calls(tmp_path):
         callbacks.append(store.add_callback(call_id, "Rappeler pour un acte de naissance", "0612345678"))
         store.add_report(call_id, "voirie", "rue des Lilas", "Un nid de poule")
     report_ids = [r["id"] for r in store.db.query("select id from reports order by id")]
+    # the command line says which commune each call was for
+    from click.testing import CliRunner
+
+    from ivr.cli import cli
+
+    listed = CliRunner().invoke(cli, ["calls", "list"], env={"IVR_DATA": str(tmp_path),
+                                                            "IVR_PATHS__COMMUNES": str(folder)}).output
+    assert re.search(rf"{ours}\s.*valbois", listed) and re.search(rf"{theirs}\s.*montclair", listed), listed
 
     _login(client, "agent-valbois")
     assert client.get(f"/appels/{ours}").status_code == 200
