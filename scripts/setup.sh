@@ -70,6 +70,9 @@ if ! command -v sipp >/dev/null || ! command -v tcpdump >/dev/null || ! command 
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends sip-tester tcpdump chromium \
     kamailio postgresql || die "apt-get install sip-tester tcpdump chromium kamailio postgresql failed"
   for svc in kamailio postgresql; do $SUDO invoke-rc.d "$svc" stop >/dev/null 2>&1 || true; done
+  # nor at boot: the package's Kamailio would take port 5060 from Asterisk
+  $SUDO systemctl disable --quiet kamailio >/dev/null 2>&1 \
+    || $SUDO rm -f /etc/systemd/system/multi-user.target.wants/kamailio.service
 fi
 
 # --- models --------------------------------------------------------------------------------------
