@@ -26,12 +26,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from ivr import doctor
-
-
-def store_errors() -> tuple:
-    from ivr.store import DB_ERRORS
-
-    return DB_ERRORS
+from ivr.store import DB_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +120,7 @@ def serve_health(cfg, timeout: float = 2.0) -> dict | None:
 
 def error_calls(cfg, since_iso: str) -> list[dict]:
     """Calls ended on an error (a component failed, or the assistant stopped mid-call) since then."""
-    from ivr.store import DB_ERRORS, shared_store
+    from ivr.store import shared_store
 
     sql = ("select id, started_at, ended_at, end_reason from calls where outcome = 'error' "
            "and ended_at > ? order by ended_at limit 200")
@@ -410,7 +405,7 @@ def deliver(cfg, msg: Message, store=None) -> Message:
                     store.db["alerts"].insert({"at": _iso(time.time()), "kind": msg.kind, "state": msg.state,
                                                "subject": msg.subject, "message": msg.text, "channel": d["channel"],
                                                "target": d["target"], "ok": int(d["ok"]), "detail": d["detail"]})
-            except store_errors() as exc:     # a full disk is one of the alerts: the message still goes
+            except DB_ERRORS as exc:          # a full disk is one of the alerts: the message still goes
                 log.error("alerts: cannot record the alert: %s", exc)
     return msg
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from tests.netlab import CHROOT
+from tests.test_workers import avail
 
 NUMBER = "0199472000"
 
@@ -60,11 +61,6 @@ class Kamailio:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def contacts(pbx) -> int:
-    return sum(1 for line in pbx.cli("pjsip show contacts").splitlines()
-               if line.strip().startswith("Contact:") and "assistant/" in line and "Avail" in line)
 
 
 class Box:
@@ -165,9 +161,9 @@ class Cluster:
         for b, n in zip(self.boxes, self.per_box):
             b.workers.sort(key=lambda w: w.port)
             deadline = time.monotonic() + 60
-            while contacts(b.pbx) != n and time.monotonic() < deadline:
+            while avail(b.pbx) != n and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert contacts(b.pbx) == n, b.pbx.cli("pjsip show contacts")
+            assert avail(b.pbx) == n, b.pbx.cli("pjsip show contacts")
         want = {b.addr: "AP" for b in self.boxes}
         got = self.kamailio.wait(want)
         assert got == want, (got, self.kamailio.log.read_text(errors="replace")[-2000:])
